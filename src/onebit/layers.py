@@ -1,0 +1,349 @@
+"""Quantized layers: the torch layers plus ``input_quantizer``, ``kernel_quantizer``,
+``kernel_constraint`` and ``pad_values`` (Larq's vocabulary, PyTorch's names).
+
+``output = op(input_quantizer(x), kernel_quantizer(weight)) + bias``; the bias is never quantized
+and with both quantizers None a layer equals its torch parent. The stored weight is the latent (or,
+under Bop, the +/-1) value; the quantized kernel exists only inside ``forward``.
+
+``pad_values``: pad the input with this constant instead of zeros (1.0 keeps binary inputs in
+{-1, +1}, which bit-packed inference needs). ``padding="same"`` follows TensorFlow's rule for any
+stride (total = max((ceil(n/s) - 1) s + (k - 1) d + 1 - n, 0), the odd pixel at the end), which for
+stride 1 is exactly torch's "same"; torch itself refuses "same" with strides > 1.
+
+``kernel_constraint`` (e.g. ``"weight_clip"``) is applied in place after every step of any
+``torch.optim.Optimizer`` that holds the layer's weight, through one global step post-hook, so it
+cannot be forgotten; ``apply_constraints(model)`` applies them by hand.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import constraints, quantizers
+
+__all__ = [
+    "QuantLayer",
+    "QuantLinear",
+    "QuantConv1d",
+    "QuantConv2d",
+    "QuantConv3d",
+    "QuantDepthwiseConv2d",
+    "QuantConvTranspose2d",
+    "binary_parameters",
+    "real_parameters",
+    "apply_constraints",
+]
+
+# weight Parameter -> its layer, for every layer that has a kernel_constraint.
+_CONSTRAINED: "weakref.WeakKeyDictionary[torch.Tensor, weakref.ref]" = weakref.WeakKeyDictionary()
+_HOOK_HANDLE = None
+
+
+def _apply_constraints_after_step(optimizer, args, kwargs):
+    if not _CONSTRAINED:
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            ref = _CONSTRAINED.get(p)
+            layer = ref() if ref is not None else None
+            if layer is not None and layer.kernel_constraint is not None and layer.weight is p:
+                layer.kernel_constraint(p)
+
+
+def _register_constrained(layer: nn.Module) -> None:
+    global _HOOK_HANDLE
+    _CONSTRAINED[layer.weight] = weakref.ref(layer)
+    if _HOOK_HANDLE is None:
+        _HOOK_HANDLE = torch.optim.optimizer.register_optimizer_step_post_hook(
+            _apply_constraints_after_step
+        )
+
+
+class QuantLayer:
+    """Mixin of every onebit quantized layer: quantizers, constraint and padding value."""
+
+    def _init_quant(self, input_quantizer, kernel_quantizer, kernel_constraint, pad_values=0.0):
+        self.input_quantizer = quantizers.get(input_quantizer)
+        self.kernel_quantizer = quantizers.get(kernel_quantizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.pad_values = float(pad_values)
+        if self.kernel_constraint is not None:
+            _register_constrained(self)
+
+    @property
+    def input_precision(self) -> int | None:
+        """Bits of the layer's input (None for a real-valued input)."""
+        return quantizers.precision_of(self.input_quantizer)
+
+    @property
+    def kernel_precision(self) -> int:
+        """Bits of the kernel as the layer uses it (32 without a quantizer)."""
+        return quantizers.precision_of(self.kernel_quantizer) or 32
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The kernel as the forward pass uses it."""
+        if self.kernel_quantizer is None:
+            return self.weight
+        return self.kernel_quantizer(self.weight)
+
+    def _quantize_input(self, x):
+        return x if self.input_quantizer is None else self.input_quantizer(x)
+
+    def _quant_repr(self) -> str:
+        parts = []
+        if self.kernel_constraint is not None:
+            parts.append(f"kernel_constraint={self.kernel_constraint!r}")
+        if self.pad_values != 0.0:
+            parts.append(f"pad_values={self.pad_values}")
+        return "".join(", " + p for p in parts)
+
+
+class QuantLinear(QuantLayer, nn.Linear):
+    """``nn.Linear`` with quantized input and kernel (Larq's ``QuantDense``)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        *,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        kernel_constraint=None,
+    ):
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self._init_quant(input_quantizer, kernel_quantizer, kernel_constraint)
+
+    def forward(self, x):
+        return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._quant_repr()
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding (before, after) of one spatial dimension."""
+    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class _QuantConvNd(QuantLayer):
+    """Shared forward of the quantized convolutions (the torch parent supplies the rest)."""
+
+    _conv = None  # F.conv1d / F.conv2d / F.conv3d
+
+    def _init_conv_quant(self, padding, input_quantizer, kernel_quantizer, kernel_constraint, pad_values):
+        if padding == "same":
+            # Keep torch's bookkeeping valid, then remember that padding is TF-style SAME.
+            self.padding = "same"
+        if pad_values != 0.0 and self.padding_mode != "zeros":
+            raise ValueError(
+                f"pad_values={pad_values!r} needs padding_mode='zeros', got {self.padding_mode!r}"
+            )
+        self._init_quant(input_quantizer, kernel_quantizer, kernel_constraint, pad_values)
+
+    def explicit_padding(self, spatial: tuple[int, ...]) -> list[tuple[int, int]] | None:
+        """(before, after) per spatial dim when the layer pads by itself, else None (torch pads)."""
+        n = len(self.kernel_size)
+        if self.padding == "same":
+            pads = [
+                same_padding(spatial[i], self.kernel_size[i], self.stride[i], self.dilation[i])
+                for i in range(n)
+            ]
+            if self.pad_values == 0.0 and all(s == 1 for s in self.stride):
+                return None
+            return pads
+        if self.pad_values != 0.0 and any(self.padding):
+            return [(p, p) for p in self.padding]
+        return None
+
+    def padding_for(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
+        """(before, after) padding per spatial dim for an input of this spatial size."""
+        pads = self.explicit_padding(spatial)
+        if pads is not None:
+            return pads
+        if self.padding == "same":
+            return [
+                same_padding(spatial[i], self.kernel_size[i], self.stride[i], self.dilation[i])
+                for i in range(len(self.kernel_size))
+            ]
+        return [(p, p) for p in self.padding]
+
+    def forward(self, x):
+        x = self._quantize_input(x)
+        w = self.quantized_weight()
+        pads = self.explicit_padding(tuple(x.shape[2:]))
+        if pads is None:
+            return self._conv_forward(x, w, self.bias)
+        flat = [v for before_after in reversed(pads) for v in before_after]
+        x = F.pad(x, flat, mode="constant", value=self.pad_values)
+        return type(self)._conv(x, w, self.bias, self.stride, 0, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._quant_repr()
+
+
+def _conv_init(parent, dims):
+    """Build the __init__ of a quantized conv that keeps the torch parent's signature."""
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups=1,
+        bias=True,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        kernel_constraint=None,
+        pad_values=0.0,
+    ):
+        strided = any(s != 1 for s in nn.modules.utils._ntuple(dims)(stride))
+        torch_padding = 0 if (padding == "same" and strided) else padding
+        parent.__init__(
+            self, in_channels, out_channels, kernel_size, stride, torch_padding, dilation,
+            groups, bias, padding_mode, device, dtype,
+        )
+        self._init_conv_quant(padding, input_quantizer, kernel_quantizer, kernel_constraint, pad_values)
+
+    return __init__
+
+
+class QuantConv1d(_QuantConvNd, nn.Conv1d):
+    """``nn.Conv1d`` with quantized input and kernel and ``pad_values``."""
+
+    _conv = F.conv1d
+    __init__ = _conv_init(nn.Conv1d, 1)
+
+
+class QuantConv2d(_QuantConvNd, nn.Conv2d):
+    """``nn.Conv2d`` with quantized input and kernel and ``pad_values``."""
+
+    _conv = F.conv2d
+    __init__ = _conv_init(nn.Conv2d, 2)
+
+
+class QuantConv3d(_QuantConvNd, nn.Conv3d):
+    """``nn.Conv3d`` with quantized input and kernel and ``pad_values``."""
+
+    _conv = F.conv3d
+    __init__ = _conv_init(nn.Conv3d, 3)
+
+
+class QuantDepthwiseConv2d(_QuantConvNd, nn.Conv2d):
+    """Depthwise ``nn.Conv2d`` (groups = in_channels, ``depth_multiplier`` filters per channel).
+
+    Larq's ``QuantDepthwiseConv2D``; its ``depthwise_quantizer`` is ``kernel_quantizer`` here.
+    """
+
+    _conv = F.conv2d
+
+    def __init__(
+        self,
+        in_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        depth_multiplier: int = 1,
+        bias=True,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        kernel_constraint=None,
+        pad_values=0.0,
+    ):
+        strided = any(s != 1 for s in nn.modules.utils._pair(stride))
+        torch_padding = 0 if (padding == "same" and strided) else padding
+        nn.Conv2d.__init__(
+            self, in_channels, in_channels * depth_multiplier, kernel_size, stride, torch_padding,
+            dilation, in_channels, bias, padding_mode, device, dtype,
+        )
+        self.depth_multiplier = depth_multiplier
+        self._init_conv_quant(padding, input_quantizer, kernel_quantizer, kernel_constraint, pad_values)
+
+
+class QuantConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` with quantized input and kernel (no ``pad_values``, as Larq)."""
+
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        groups=1,
+        bias=True,
+        dilation=1,
+        padding_mode="zeros",
+        device=None,
+        dtype=None,
+        *,
+        input_quantizer=None,
+        kernel_quantizer=None,
+        kernel_constraint=None,
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
+            dilation, padding_mode, device, dtype,
+        )
+        self._init_quant(input_quantizer, kernel_quantizer, kernel_constraint)
+
+    def forward(self, x, output_size=None):
+        output_padding = self._output_padding(
+            x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
+        )
+        return F.conv_transpose2d(
+            self._quantize_input(x), self.quantized_weight(), self.bias, self.stride,
+            self.padding, output_padding, self.groups, self.dilation,
+        )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + self._quant_repr()
+
+
+def _binary_weight_ids(model: nn.Module) -> dict[int, torch.Tensor]:
+    found = {}
+    for module in model.modules():
+        if isinstance(module, QuantLayer) and quantizers.precision_of(module.kernel_quantizer) == 1:
+            found.setdefault(id(module.weight), module.weight)
+    return found
+
+
+def binary_parameters(model: nn.Module):
+    """Yield the kernels whose layer's kernel quantizer has precision 1 (Bop's parameters)."""
+    yield from _binary_weight_ids(model).values()
+
+
+def real_parameters(model: nn.Module):
+    """Yield every other parameter of ``model`` (disjoint from ``binary_parameters``)."""
+    binary = _binary_weight_ids(model)
+    for p in model.parameters():
+        if id(p) not in binary:
+            yield p
+
+
+def apply_constraints(model: nn.Module) -> None:
+    """Apply every layer's ``kernel_constraint`` in place now."""
+    for module in model.modules():
+        if isinstance(module, QuantLayer) and module.kernel_constraint is not None:
+            module.kernel_constraint(module.weight)

@@ -1,0 +1,279 @@
+r"""Bop, the latent-free optimizer for binary weights (Helwegen et al., NeurIPS 2019), and its
+second-order variant (Suarez-Ramirez et al., CVPR-W 2021).
+
+Bop keeps one buffer per binary weight, an exponential moving average of its gradient, and flips
+the weight when that average is strong and agrees in sign with the weight:
+
+.. math::
+    m_t = m_{t-1} + \gamma (g_t - m_{t-1}) \qquad
+    w_t = \begin{cases} -\mathrm{sign}(w_{t-1}) & w_{t-1} m_t > \tau \\
+                        \mathrm{sign}(w_{t-1}) & \text{otherwise} \end{cases}
+
+with sign(0) = +1, so a real-valued weight becomes +/-1 on its first step (as in Larq, whose
+behaviour the paper's code relies on). Deliberate deviation from Larq: at exact equality
+``w * m == threshold`` onebit keeps ``w`` (the paper's strict Algorithm 2); Larq sets it to +1.
+
+Scheduling gamma: gamma is stored as each param group's ``"lr"``, so every stock
+``torch.optim.lr_scheduler`` scheduler drives it unchanged (``StepLR(bop, 100, 0.1)`` is the
+paper's sec. 5.2 decay). ``bop.gamma`` reads and writes it for all groups; a param group dict may
+also say ``"gamma"``, which is stored as ``"lr"``.
+
+Flips of the last step are kept as tensors, never read on the host inside ``step``:
+``bop.state[p]["flips"]`` per parameter and ``bop.last_flips`` in total (int64, 0-dim).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.optim import Optimizer
+
+__all__ = ["Bop", "Bop2ndOrder", "bop"]
+
+
+def _check_gamma(gamma, name="gamma"):
+    if not isinstance(gamma, torch.Tensor) and not 0.0 < float(gamma) <= 1.0:
+        raise ValueError(f"Invalid {name}: {gamma!r}; it must lie in (0, 1]")
+
+
+def _check_threshold(threshold):
+    if not isinstance(threshold, torch.Tensor) and float(threshold) < 0.0:
+        raise ValueError(f"Invalid threshold: {threshold!r}; it must be >= 0")
+
+
+def _as_param_list(params, owner):
+    params = list(params)
+    if not params:
+        raise ValueError(
+            f"{owner} got an empty parameter list (params=[]); pass the binary weights, "
+            "e.g. onebit.binary_parameters(model)"
+        )
+    return params
+
+
+def _new_weight_sign(w: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """+/-1 of the new weight: sign(w) with sign(0) = +1, negated where ``flip``."""
+    return torch.where(torch.logical_xor(w < 0, flip), -1.0, 1.0).to(w.dtype)
+
+
+def _bop_single(w, g, m, gamma, threshold):
+    """One parameter's Bop update in place; returns the number of flips (0-dim int64)."""
+    m.lerp_(g, gamma)
+    flip = torch.mul(w, m) > threshold
+    w.copy_(_new_weight_sign(w, flip))
+    return flip.sum()
+
+
+_compiled_single = None
+
+
+def _fused_kernel():
+    """Bop's update compiled into one pass over w, g, m (torch.compile; eager if unavailable)."""
+    global _compiled_single
+    if _compiled_single is None:
+
+        def update(w, g, m, gamma, threshold):
+            m_new = m + gamma * (g - m)
+            flip = w * m_new > threshold
+            w_new = torch.where(torch.logical_xor(w < 0, flip), -1.0, 1.0).to(w.dtype)
+            w.copy_(w_new)
+            m.copy_(m_new)
+            return flip.sum()
+
+        try:
+            _compiled_single = torch.compile(update, dynamic=True, fullgraph=True)
+        except Exception:  # pragma: no cover - platforms without a compiler
+            _compiled_single = update
+    return _compiled_single
+
+
+def bop(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    *,
+    gamma: float,
+    threshold: float,
+    maximize: bool = False,
+    foreach: bool = False,
+    fused: bool = False,
+) -> list[torch.Tensor]:
+    """Functional Bop: update ``params`` and ``exp_avgs`` in place, return flips per parameter."""
+    if maximize:
+        grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
+    if fused:
+        kernel = _fused_kernel()
+        return [
+            kernel(w.view(-1), g.reshape(-1), m.view(-1), gamma, threshold)
+            for w, g, m in zip(params, grads, exp_avgs)
+        ]
+    if not foreach:
+        return [_bop_single(w, g, m, gamma, threshold) for w, g, m in zip(params, grads, exp_avgs)]
+    torch._foreach_lerp_(exp_avgs, grads, gamma)
+    products = torch._foreach_mul(params, exp_avgs)
+    flips = []
+    for w, prod in zip(params, products):
+        flip = prod > threshold
+        torch.where(torch.logical_xor(w < 0, flip), -1.0, 1.0, out=prod)
+        w.copy_(prod)
+        flips.append(flip.sum())
+    return flips
+
+
+class Bop(Optimizer):
+    r"""Bop: flip a binary weight when the EMA of its gradient exceeds ``threshold`` and agrees
+    with the weight's sign (Helwegen et al., 2019). Implements Larq's ``Bop`` (see module doc).
+
+    Args:
+        params: the binary weights (``onebit.binary_parameters(model)``) or param-group dicts.
+        gamma: adaptivity rate in (0, 1], the EMA's rate; stored as the group's ``"lr"``.
+        threshold: tau >= 0, the strength the averaged gradient needs for a flip.
+        maximize: flip so as to maximize the objective.
+        foreach: use the multi-tensor path (default: on when no ``fused``).
+        fused: one compiled pass per tensor (torch.compile); default off, the fastest once warm.
+    """
+
+    def __init__(
+        self,
+        params,
+        gamma: float = 1e-4,
+        threshold: float = 1e-8,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+    ):
+        _check_gamma(gamma)
+        _check_threshold(threshold)
+        params = _as_param_list(params, type(self).__name__)
+        defaults = dict(lr=gamma, threshold=threshold, maximize=maximize, foreach=foreach, fused=fused)
+        super().__init__(params, defaults)
+        self.last_flips: torch.Tensor | None = None
+
+    def add_param_group(self, param_group: dict) -> None:
+        if "gamma" in param_group:
+            param_group = dict(param_group)
+            param_group["lr"] = param_group.pop("gamma")
+        if "lr" in param_group:
+            _check_gamma(param_group["lr"])
+        if "threshold" in param_group:
+            _check_threshold(param_group["threshold"])
+        super().add_param_group(param_group)
+
+    @property
+    def gamma(self) -> float:
+        """gamma of the first param group (set it to change every group)."""
+        return self.param_groups[0]["lr"]
+
+    @gamma.setter
+    def gamma(self, value: float) -> None:
+        _check_gamma(value)
+        for group in self.param_groups:
+            group["lr"] = value
+
+    @property
+    def threshold(self) -> float:
+        """threshold of the first param group (set it to change every group)."""
+        return self.param_groups[0]["threshold"]
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        _check_threshold(value)
+        for group in self.param_groups:
+            group["threshold"] = value
+
+    def _init_group(self, group, params, grads, exp_avgs):
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("Bop does not support sparse gradients")
+            params.append(p)
+            grads.append(p.grad)
+            state = self.state[p]
+            if len(state) == 0:
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            exp_avgs.append(state["exp_avg"])
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Bop step; returns the closure's loss. Flips go to ``last_flips``/state, no host sync."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        total = None
+        for group in self.param_groups:
+            params, grads, exp_avgs = [], [], []
+            self._init_group(group, params, grads, exp_avgs)
+            if not params:
+                continue
+            fused = bool(group["fused"])
+            foreach = group["foreach"]
+            if foreach is None:
+                foreach = not fused
+            flips = bop(
+                params, grads, exp_avgs, gamma=group["lr"], threshold=group["threshold"],
+                maximize=group["maximize"], foreach=foreach, fused=fused,
+            )
+            for p, f in zip(params, flips):
+                self.state[p]["flips"] = f
+            group_total = torch.stack(flips).sum() if len(flips) > 1 else flips[0]
+            total = group_total if total is None else total + group_total
+        self.last_flips = total
+        return loss
+
+
+class Bop2ndOrder(Optimizer):
+    r"""Second-order Bop (Suarez-Ramirez et al., 2021): also keeps v, an EMA of g^2, and flips
+    where the normalised signal agrees with the weight:
+
+    m <- m + gamma (g - m);  v <- v + sigma (g^2 - v);  flip where w * m / (sqrt(v) + eps) > threshold.
+
+    gamma is stored as the group's ``"lr"`` (schedulable like Bop's); sigma and threshold as keys.
+    """
+
+    def __init__(
+        self,
+        params,
+        gamma: float = 1e-6,
+        sigma: float = 1e-2,
+        threshold: float = 1e-6,
+        eps: float = 1e-10,
+        *,
+        maximize: bool = False,
+    ):
+        _check_gamma(gamma)
+        _check_gamma(sigma, "sigma")
+        _check_threshold(threshold)
+        if eps < 0:
+            raise ValueError(f"Invalid eps: {eps!r}; it must be >= 0")
+        params = _as_param_list(params, type(self).__name__)
+        defaults = dict(lr=gamma, sigma=sigma, threshold=threshold, eps=eps, maximize=maximize)
+        super().__init__(params, defaults)
+        self.last_flips: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        flips = []
+        for group in self.param_groups:
+            for w in group["params"]:
+                if w.grad is None:
+                    continue
+                g = -w.grad if group["maximize"] else w.grad
+                state = self.state[w]
+                if len(state) == 0:
+                    state["exp_avg"] = torch.zeros_like(w)
+                    state["exp_avg_sq"] = torch.zeros_like(w)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(g, group["lr"])
+                v.lerp_(g * g, group["sigma"])
+                flip = w * m / (v.sqrt() + group["eps"]) > group["threshold"]
+                w.copy_(_new_weight_sign(w, flip))
+                state["flips"] = flip.sum()
+                flips.append(state["flips"])
+        self.last_flips = torch.stack(flips).sum() if flips else None
+        return loss

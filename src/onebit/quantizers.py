@@ -1,0 +1,374 @@
+"""Sign-like quantizers with their pseudo-gradients, with Larq's exact semantics.
+
+Every quantizer is an ``nn.Module`` with a ``precision`` attribute (bits), so the summary and
+``binary_parameters`` can tell binary weights from the rest. Forward values and pseudo-gradients
+equal Larq's (``larq.quantizers``, v0.13): ``sign(0) = +1`` everywhere, clipped straight-through
+estimators pass the gradient where ``|x| <= clip_value`` (inclusive), ``clip_value=None`` passes it
+everywhere, and DoReFa rounds half to even (as ``tf.round`` and ``torch.round`` both do).
+
+The sign-type quantizers are single ``autograd.Function``s that save a boolean mask (1 byte per
+element) rather than the float input, so the quantized activations of a BNN cost a quarter of the
+memory in backward, and sign and mask come from one read of the input.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = [
+    "Quantizer",
+    "SteSign",
+    "ApproxSign",
+    "SwishSign",
+    "MagnitudeAwareSign",
+    "SteHeaviside",
+    "SteTern",
+    "DoReFa",
+    "NoOp",
+    "sign",
+    "ste_sign",
+    "get",
+    "set_precision",
+    "precision_of",
+]
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """+1 where x >= 0 (zero and -0.0 included), -1 elsewhere, same dtype (Larq's ``math.sign``)."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+class _SteSignFn(torch.autograd.Function):
+    """sign(x) forward; grad * 1{|x| <= clip} backward (identity when clip is None)."""
+
+    @staticmethod
+    def forward(ctx, x, clip_value):
+        out = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+        if clip_value is None:
+            ctx.save_for_backward()
+            ctx.clip = False
+        else:
+            ctx.save_for_backward(x.abs() <= clip_value)
+            ctx.clip = True
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.clip:
+            return grad, None
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+def ste_sign(x: torch.Tensor, clip_value: float | None = 1.0) -> torch.Tensor:
+    """Functional SteSign: sign(x) with the clipped straight-through pseudo-gradient."""
+    return _SteSignFn.apply(x, clip_value)
+
+
+class _SteHeavisideFn(torch.autograd.Function):
+    """1{x > 0} forward; the clipped straight-through estimator backward."""
+
+    @staticmethod
+    def forward(ctx, x, clip_value):
+        out = (x > 0).to(x.dtype)
+        ctx.clip = clip_value is not None
+        if ctx.clip:
+            ctx.save_for_backward(x.abs() <= clip_value)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.clip:
+            return grad, None
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+class _SignWithGradFn(torch.autograd.Function):
+    """sign(x) forward; grad * d(x) backward, where d is a surrogate derivative of x."""
+
+    @staticmethod
+    def forward(ctx, x, derivative):
+        ctx.save_for_backward(x)
+        ctx.derivative = derivative
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * ctx.derivative(x), None
+
+
+class _TernFn(torch.autograd.Function):
+    """Ternary forward sign(sign(x + t) + sign(x - t)); clipped STE backward."""
+
+    @staticmethod
+    def forward(ctx, x, threshold, clip_value):
+        out = torch.sign(torch.sign(x + threshold) + torch.sign(x - threshold))
+        ctx.clip = clip_value is not None
+        if ctx.clip:
+            ctx.save_for_backward(x.abs() <= clip_value)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        if not ctx.clip:
+            return grad, None, None
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None
+
+
+class _RoundIdentityFn(torch.autograd.Function):
+    """round(x * n) / n forward (half to even), identity backward."""
+
+    @staticmethod
+    def forward(ctx, x, n):
+        return torch.round(x * n) / n
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class Quantizer(nn.Module):
+    """Base class: a module mapping a tensor to its quantized value, with a ``precision`` in bits."""
+
+    precision: int | None = None
+
+    def extra_repr(self) -> str:
+        args = [f"{k}={getattr(self, k)!r}" for k in getattr(self, "_repr_args", ())]
+        return ", ".join(args)
+
+
+class SteSign(Quantizer):
+    r"""Sign with the clipped straight-through estimator (Hubara et al., 2016).
+
+    forward: q(x) = +1 if x >= 0 else -1.  backward: dq/dx = 1 if |x| <= clip_value else 0
+    (1 everywhere when ``clip_value`` is None).
+    """
+
+    precision = 1
+    _repr_args = ("clip_value",)
+
+    def __init__(self, clip_value: float | None = 1.0):
+        super().__init__()
+        self.clip_value = clip_value
+
+    def forward(self, x):
+        return _SteSignFn.apply(x, self.clip_value)
+
+
+def _approx_sign_derivative(x):
+    return torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+
+
+class ApproxSign(Quantizer):
+    r"""Sign with the piecewise-polynomial pseudo-gradient of Bi-Real Net (Liu et al., 2018).
+
+    forward: sign(x) (sign(0) = +1).  backward: dq/dx = 2 - 2|x| for |x| <= 1, else 0.
+    """
+
+    precision = 1
+
+    def forward(self, x):
+        return _SignWithGradFn.apply(x, _approx_sign_derivative)
+
+
+class SwishSign(Quantizer):
+    r"""Sign with the SignSwish pseudo-gradient of BNN+ (Darabi et al., 2018).
+
+    forward: sign(x).  backward: dq/dx = beta * (2 - beta*x*tanh(beta*x/2)) / (1 + cosh(beta*x)).
+    """
+
+    precision = 1
+    _repr_args = ("beta",)
+
+    def __init__(self, beta: float = 5.0):
+        super().__init__()
+        self.beta = beta
+
+    def _derivative(self, x):
+        b = self.beta
+        bx = b * x
+        return b * (2.0 - bx * torch.tanh(bx / 2.0)) / (1.0 + torch.cosh(bx))
+
+    def forward(self, x):
+        return _SignWithGradFn.apply(x, self._derivative)
+
+
+class MagnitudeAwareSign(Quantizer):
+    r"""Scaled sign of Bi-Real Net: q(x) = alpha_c * sign(x), alpha_c = mean |x| per output channel.
+
+    The mean runs over every axis but the output-channel axis. Larq (channels-last) keeps the last
+    axis; PyTorch kernels (``Linear``, ``Conv*d``) keep their output channels in dim 0, so onebit
+    reduces over all dims but dim 0. alpha is not differentiated (stop-gradient);
+    backward: dq/dx = alpha_c * 1{|x| <= clip_value}.
+    """
+
+    precision = 1
+    _repr_args = ("clip_value",)
+
+    def __init__(self, clip_value: float | None = 1.0):
+        super().__init__()
+        self.clip_value = clip_value
+
+    def forward(self, x):
+        dims = tuple(range(1, x.dim()))
+        scale = x.detach().abs().mean(dim=dims, keepdim=True) if dims else x.detach().abs()
+        return scale * _SteSignFn.apply(x, self.clip_value)
+
+
+class SteHeaviside(Quantizer):
+    r"""Binarization to {0, 1} (Larq's "AND" binarization).
+
+    forward: q(x) = 1 if x > 0 else 0.  backward: clipped STE as SteSign.
+    """
+
+    precision = 1
+    _repr_args = ("clip_value",)
+
+    def __init__(self, clip_value: float | None = 1.0):
+        super().__init__()
+        self.clip_value = clip_value
+
+    def forward(self, x):
+        return _SteHeavisideFn.apply(x, self.clip_value)
+
+
+class SteTern(Quantizer):
+    r"""Ternarization to {-1, 0, +1} (Li et al., 2016, Ternary Weight Networks).
+
+    forward: +1 for x >= t, -1 for x <= -t, 0 otherwise, with t = ``threshold_value`` or, when
+    ``ternary_weight_networks``, t = 0.7 * mean |x| over the whole tensor.
+    backward: clipped STE as SteSign.
+    """
+
+    precision = 2
+    _repr_args = ("threshold_value", "ternary_weight_networks", "clip_value")
+
+    def __init__(
+        self,
+        threshold_value: float = 0.05,
+        ternary_weight_networks: bool = False,
+        clip_value: float | None = 1.0,
+    ):
+        super().__init__()
+        self.threshold_value = threshold_value
+        self.ternary_weight_networks = ternary_weight_networks
+        self.clip_value = clip_value
+
+    def forward(self, x):
+        if self.ternary_weight_networks:
+            threshold = 0.7 * x.detach().abs().mean()
+        else:
+            threshold = self.threshold_value
+        return _TernFn.apply(x, threshold, self.clip_value)
+
+
+class DoReFa(Quantizer):
+    r"""k-bit DoReFa quantizer (Zhou et al., 2016).
+
+    n = 2^k - 1. mode="activations": q = round(n * clip(x, 0, 1)) / n, gradient 1 on [0, 1], else 0.
+    mode="weights": t = tanh(x); x' = t / (2 max|t|) + 0.5 (max not differentiated, 0/0 -> 0);
+    q = 2 round(n x') / n - 1, gradient sech^2(x) / max|t|. round() is half-to-even, as Larq.
+    """
+
+    _repr_args = ("k_bit", "mode")
+    modes = ("activations", "weights")
+
+    def __init__(self, k_bit: int = 2, mode: str = "activations"):
+        super().__init__()
+        if mode not in self.modes:
+            raise ValueError(f"DoReFa mode={mode!r} is not supported; use one of {self.modes}")
+        self.k_bit = int(k_bit)
+        self.precision = self.k_bit
+        self.mode = mode
+
+    def forward(self, x):
+        n = 2**self.k_bit - 1
+        if self.mode == "activations":
+            return _RoundIdentityFn.apply(torch.clamp(x, 0.0, 1.0), n)
+        if self.mode == "weights":
+            t = torch.tanh(x)
+            peak = t.detach().abs().max()
+            scaled = torch.where(peak > 0, t / (2 * peak), torch.zeros_like(t)) + 0.5
+            return 2 * _RoundIdentityFn.apply(scaled, n) - 1
+        raise ValueError(f"DoReFa mode={self.mode!r} is not supported; use one of {self.modes}")
+
+
+class NoOp(Quantizer):
+    r"""Identity that only tags a tensor with a precision.
+
+    ``kernel_quantizer=NoOp(precision=1)`` ("noop") marks a kernel as binary for Bop, which keeps
+    it in {-1, +1} itself, so the forward pass costs nothing extra.
+    """
+
+    _repr_args = ("precision",)
+
+    def __init__(self, precision: int = 1):
+        super().__init__()
+        if not isinstance(precision, int) or isinstance(precision, bool) or precision < 1:
+            raise ValueError(f"NoOp precision={precision!r} must be a positive int")
+        self.precision = precision
+
+    def forward(self, x):
+        return x
+
+
+_REGISTRY: dict[str, type[Quantizer]] = {
+    "ste_sign": SteSign,
+    "approx_sign": ApproxSign,
+    "swish_sign": SwishSign,
+    "magnitude_aware_sign": MagnitudeAwareSign,
+    "ste_heaviside": SteHeaviside,
+    "ste_tern": SteTern,
+    "dorefa": DoReFa,
+    "noop": NoOp,
+}
+_ALIASES = {"dorefa_quantizer": "dorefa", "none": None}
+_ALIASES.update({cls.__name__: name for name, cls in _REGISTRY.items()})
+
+
+def get(identifier) -> Callable | None:
+    """Resolve a quantizer: None, a registered name, an ``nn.Module`` or any callable.
+
+    Names build the quantizer with its defaults ("ste_sign" -> ``SteSign()``); "none" means no
+    quantizer. Anything else raises ValueError listing the valid names.
+    """
+    if identifier is None:
+        return None
+    if isinstance(identifier, str):
+        name = _ALIASES.get(identifier, identifier)
+        if name is None:
+            return None
+        if name in _REGISTRY:
+            return _REGISTRY[name]()
+        raise ValueError(
+            f"unknown quantizer {identifier!r}; valid names: {', '.join(sorted(_REGISTRY))}"
+        )
+    if isinstance(identifier, type) and issubclass(identifier, nn.Module):
+        return identifier()
+    if callable(identifier):
+        return identifier
+    raise ValueError(
+        f"cannot use {identifier!r} as a quantizer; pass None, a module, a callable or one of: "
+        f"{', '.join(sorted(_REGISTRY))}"
+    )
+
+
+def set_precision(bits: int):
+    """Decorator giving a plain function quantizer a ``precision`` attribute."""
+
+    def decorate(fn):
+        fn.precision = bits
+        return fn
+
+    return decorate
+
+
+def precision_of(quantizer) -> int | None:
+    """The precision in bits of a quantizer (None when it has none, or no quantizer)."""
+    return getattr(quantizer, "precision", None) if quantizer is not None else None
