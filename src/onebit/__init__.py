@@ -3,7 +3,7 @@
 Public API (re-exports only): quantizers, quantized layers, constraints, optimizers, metrics.
 """
 
-from . import constraints, metrics, optim, quantizers
+from . import constraints, metrics, models, optim, quantizers
 from .layers import (
     QuantConv1d,
     QuantConv2d,
@@ -16,6 +16,7 @@ from .layers import (
     binary_parameters,
     real_parameters,
 )
+from .models import create_model, list_models
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,9 @@ __all__ = [
     "apply_constraints",
     "binary_parameters",
     "constraints",
+    "create_model",
+    "list_models",
+    "models",
     "metrics",
     "optim",
     "quantizers",

@@ -23,6 +23,7 @@ import weakref
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import constraints, quantizers
 
@@ -39,29 +40,27 @@ __all__ = [
     "apply_constraints",
 ]
 
-# weight Parameter -> its layer, for every layer that has a kernel_constraint.
-_CONSTRAINED: "weakref.WeakKeyDictionary[torch.Tensor, weakref.ref]" = weakref.WeakKeyDictionary()
+# Every live quantized layer; the step hook applies the constraints of those whose weight the
+# stepping optimizer holds.
+_LAYERS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 _HOOK_HANDLE = None
 
 
 def _apply_constraints_after_step(optimizer, args, kwargs):
-    if not _CONSTRAINED:
+    layers = [m for m in list(_LAYERS) if m.kernel_constraint is not None]
+    if not layers:
         return
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            ref = _CONSTRAINED.get(p)
-            layer = ref() if ref is not None else None
-            if layer is not None and layer.kernel_constraint is not None and layer.weight is p:
-                layer.kernel_constraint(p)
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    for layer in layers:
+        if id(layer.weight) in held:
+            layer.kernel_constraint(layer.weight)
 
 
-def _register_constrained(layer: nn.Module) -> None:
+def _register(layer: nn.Module) -> None:
     global _HOOK_HANDLE
-    _CONSTRAINED[layer.weight] = weakref.ref(layer)
+    _LAYERS.add(layer)
     if _HOOK_HANDLE is None:
-        _HOOK_HANDLE = torch.optim.optimizer.register_optimizer_step_post_hook(
-            _apply_constraints_after_step
-        )
+        _HOOK_HANDLE = register_optimizer_step_post_hook(_apply_constraints_after_step)
 
 
 class QuantLayer:
@@ -72,8 +71,12 @@ class QuantLayer:
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self.kernel_constraint = constraints.get(kernel_constraint)
         self.pad_values = float(pad_values)
-        if self.kernel_constraint is not None:
-            _register_constrained(self)
+        _register(self)
+
+    def __setstate__(self, state):
+        # Copies (deepcopy, pickle) skip __init__: register them too.
+        super().__setstate__(state)
+        _register(self)
 
     @property
     def input_precision(self) -> int | None:

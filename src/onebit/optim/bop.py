@@ -55,11 +55,15 @@ def _new_weight_sign(w: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.logical_xor(w < 0, flip), -1.0, 1.0).to(w.dtype)
 
 
+def _one(w: torch.Tensor) -> torch.Tensor:
+    return torch.ones((), dtype=w.dtype, device=w.device)
+
+
 def _bop_single(w, g, m, gamma, threshold):
     """One parameter's Bop update in place; returns the number of flips (0-dim int64)."""
     m.lerp_(g, gamma)
     flip = torch.mul(w, m) > threshold
-    w.copy_(_new_weight_sign(w, flip))
+    torch.where(torch.logical_xor(w < 0, flip), -_one(w), _one(w), out=w)
     return flip.sum()
 
 
@@ -113,8 +117,7 @@ def bop(
     flips = []
     for w, prod in zip(params, products):
         flip = prod > threshold
-        torch.where(torch.logical_xor(w < 0, flip), -1.0, 1.0, out=prod)
-        w.copy_(prod)
+        torch.where(torch.logical_xor(w < 0, flip), -_one(w), _one(w), out=w)
         flips.append(flip.sum())
     return flips
 
