@@ -18,6 +18,10 @@ Scheduling gamma: gamma is stored as each param group's ``"lr"``, so every stock
 paper's sec. 5.2 decay). ``bop.gamma`` reads and writes it for all groups; a param group dict may
 also say ``"gamma"``, which is stored as ``"lr"``.
 
+The EMA is computed as three separately rounded float operations, m + (gamma * (g - m)), as Larq
+does (no fused multiply-add), in every code path, so the single-tensor, foreach and compiled
+paths agree bit for bit.
+
 Flips of the last step are kept as tensors, never read on the host inside ``step``:
 ``bop.state[p]["flips"]`` per parameter and ``bop.last_flips`` in total (int64, 0-dim).
 """
@@ -61,7 +65,7 @@ def _one(w: torch.Tensor) -> torch.Tensor:
 
 def _bop_single(w, g, m, gamma, threshold):
     """One parameter's Bop update in place; returns the number of flips (0-dim int64)."""
-    m.lerp_(g, gamma)
+    m.add_(torch.sub(g, m).mul_(gamma))
     flip = torch.mul(w, m) > threshold
     torch.where(torch.logical_xor(w < 0, flip), -_one(w), _one(w), out=w)
     return flip.sum()
@@ -106,13 +110,18 @@ def bop(
         grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
     if fused:
         kernel = _fused_kernel()
-        return [
-            kernel(w.view(-1), g.reshape(-1), m.view(-1), gamma, threshold)
-            for w, g, m in zip(params, grads, exp_avgs)
-        ]
+        flips = []
+        for w, g, m in zip(params, grads, exp_avgs):
+            if w.is_contiguous() and m.is_contiguous():  # one compiled kernel for every size
+                w, g, m = w.view(-1), g.reshape(-1), m.view(-1)
+            flips.append(kernel(w, g, m, gamma, threshold))
+        return flips
     if not foreach:
         return [_bop_single(w, g, m, gamma, threshold) for w, g, m in zip(params, grads, exp_avgs)]
-    torch._foreach_lerp_(exp_avgs, grads, gamma)
+    deltas = torch._foreach_sub(grads, exp_avgs)
+    torch._foreach_mul_(deltas, gamma)
+    torch._foreach_add_(exp_avgs, deltas)
+    del deltas
     products = torch._foreach_mul(params, exp_avgs)
     flips = []
     for w, prod in zip(params, products):

@@ -29,7 +29,7 @@ __all__ = ["CaseOptimizer"]
 
 
 def _describe(p: torch.Tensor, names: dict[int, str]) -> str:
-    return names.get(id(p), f"tensor of shape {tuple(p.shape)}")
+    return repr(names[id(p)]) if id(p) in names else f"of shape {tuple(p.shape)}"
 
 
 class CaseOptimizer(Optimizer):
@@ -95,13 +95,16 @@ class CaseOptimizer(Optimizer):
 
     @staticmethod
     def _route(items, default, all_params, names):
+        for item in items:
+            pair = isinstance(item, tuple) and len(item) == 2 and all(map(callable, item))
+            if not (pair or isinstance(item, Optimizer)):
+                raise TypeError(
+                    f"{item!r} is not a torch.optim.Optimizer nor a (predicate, factory) pair of callables"
+                )
+        if any(isinstance(item, Optimizer) for item in items):
+            raise TypeError("give either optimizers or (predicate, factory) pairs, not both")
         if all_params is None:
             raise ValueError("(predicate, factory) pairs need params=model.parameters() to route")
-        for item in items:
-            if isinstance(item, Optimizer):
-                raise TypeError("give either optimizers or (predicate, factory) pairs, not both")
-            if not (isinstance(item, tuple) and len(item) == 2 and callable(item[0]) and callable(item[1])):
-                raise TypeError(f"{item!r} is not a (predicate, factory) pair of callables")
         buckets: list[list[torch.Tensor]] = [[] for _ in items]
         rest: list[torch.Tensor] = []
         for p in all_params:

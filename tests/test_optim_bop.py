@@ -1,0 +1,278 @@
+"""Bop and Bop2ndOrder: the update rule on hand cases, its state, schedules and code paths."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import onebit as ob
+from onebit.optim import Bop, Bop2ndOrder
+
+PATHS = [dict(foreach=False), dict(foreach=True), dict(fused=True)]
+PATH_IDS = ["single", "foreach", "fused"]
+
+
+def step_with(opt, params, grads):
+    for p, g in zip(params, grads):
+        p.grad = g.clone()
+    opt.step()
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_flip_rule_on_hand_cases(path):
+    # gamma = 1 makes m = g, so the rule reads: flip where w * g > threshold.
+    w = nn.Parameter(torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0]))
+    g = torch.tensor([0.5, -0.5, -0.5, 0.5, 0.1, -0.1])
+    opt = Bop([w], gamma=1.0, threshold=0.1, **path)
+    step_with(opt, [w], [g])
+    # w*g = 0.5, 0.5 (flip); -0.5, -0.5 (keep); 0.1, 0.1 == threshold (keep: strict rule).
+    assert torch.equal(w.detach(), torch.tensor([-1.0, 1.0, 1.0, -1.0, 1.0, -1.0]))
+    assert opt.last_flips.item() == 2
+    assert opt.state[w]["flips"].item() == 2
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_equality_keeps_negative_weight_unlike_larq(path):
+    # Larq's tie rule would set w to +1 where w*m == threshold; onebit keeps w.
+    w = nn.Parameter(torch.tensor([-1.0, -1.0]))
+    opt = Bop([w], gamma=1.0, threshold=0.0, **path)
+    step_with(opt, [w], [torch.zeros(2)])
+    assert torch.equal(w.detach(), torch.tensor([-1.0, -1.0]))
+    assert opt.last_flips.item() == 0
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_zero_gradients_never_flip(path):
+    w = nn.Parameter(torch.tensor([1.0, -1.0, 1.0]))
+    opt = Bop([w], gamma=1e-2, threshold=1e-8, **path)
+    for _ in range(3):
+        step_with(opt, [w], [torch.zeros(3)])
+    assert torch.equal(w.detach(), torch.tensor([1.0, -1.0, 1.0]))
+    assert torch.equal(opt.state[w]["exp_avg"], torch.zeros(3))
+
+
+@pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
+def test_real_valued_weights_become_signs_on_first_step(path):
+    w = nn.Parameter(torch.tensor([0.3, -0.2, 0.0, -0.0, -0.7, 0.9]))
+    g = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.0, 1.0])
+    opt = Bop([w], gamma=1.0, threshold=0.5, **path)
+    step_with(opt, [w], [g])
+    # kept: sign(w) with sign(0) = +1; flipped (w*m = 0.7, 0.9 > 0.5): -sign(w).
+    assert torch.equal(w.detach(), torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0, -1.0]))
+
+
+def test_momentum_starts_at_zero_and_follows_the_ema():
+    gamma = 0.25
+    w = nn.Parameter(torch.ones(3))
+    opt = Bop([w], gamma=gamma, threshold=1e9)  # never flips
+    g1, g2 = torch.tensor([1.0, -2.0, 4.0]), torch.tensor([3.0, 1.0, -1.0])
+    step_with(opt, [w], [g1])
+    torch.testing.assert_close(opt.state[w]["exp_avg"], gamma * g1)
+    step_with(opt, [w], [g2])
+    torch.testing.assert_close(opt.state[w]["exp_avg"], (1 - gamma) * gamma * g1 + gamma * g2)
+
+
+def test_maximize_flips_the_other_way():
+    w = nn.Parameter(torch.tensor([1.0, 1.0]))
+    opt = Bop([w], gamma=1.0, threshold=0.0, maximize=True)
+    step_with(opt, [w], [torch.tensor([1.0, -1.0])])
+    assert torch.equal(w.detach(), torch.tensor([1.0, -1.0]))
+
+
+def test_parameters_without_grad_are_skipped():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    opt = Bop([a, b], gamma=1.0, threshold=0.0)
+    a.grad = torch.ones(2)
+    opt.step()
+    assert torch.equal(a.detach(), -torch.ones(2)) and b not in opt.state
+
+
+def random_problem(seed=0, sizes=((64, 33), (5, 7, 3, 3), (1000,))):
+    gen = torch.Generator().manual_seed(seed)
+    params = [nn.Parameter(torch.randn(s, generator=gen)) for s in sizes]
+    grads = [[torch.randn(s, generator=gen) * 1e-2 for s in sizes] for _ in range(6)]
+    return params, grads
+
+
+def run_path(path, seed=0):
+    params, grads = random_problem(seed)
+    opt = Bop(params, gamma=0.3, threshold=1e-3, **path)
+    flips = []
+    for step_grads in grads:
+        step_with(opt, params, step_grads)
+        flips.append(opt.last_flips.item())
+    return params, [opt.state[p]["exp_avg"] for p in params], flips
+
+
+def test_single_foreach_and_fused_paths_agree_bit_for_bit():
+    ref_params, ref_m, ref_flips = run_path(dict(foreach=False))
+    for path in PATHS[1:]:
+        params, ms, flips = run_path(path)
+        assert flips == ref_flips, path
+        for a, b in zip(params + ms, ref_params + ref_m):
+            assert torch.equal(a, b), path
+    assert sum(ref_flips) > 0
+
+
+def test_flip_counts_equal_sign_changes():
+    params, grads = random_problem(1)
+    opt = Bop(params, gamma=0.5, threshold=1e-3)
+    step_with(opt, params, grads[0])  # binarize
+    before = [p.detach().clone() for p in params]
+    step_with(opt, params, grads[1])
+    changed = sum(int((b != p).sum()) for b, p in zip(before, params))
+    assert opt.last_flips.item() == changed
+    assert opt.last_flips.dtype == torch.int64 and opt.last_flips.dim() == 0
+    for b, p in zip(before, params):
+        assert opt.state[p]["flips"].item() == int((b != p).sum())
+
+
+def test_state_dict_round_trip_continues_the_same_trajectory():
+    params, grads = random_problem(2)
+    opt = Bop(params, gamma=0.3, threshold=1e-3)
+    for g in grads[:3]:
+        step_with(opt, params, g)
+    twin_params = [nn.Parameter(p.detach().clone()) for p in params]
+    twin = Bop(twin_params, gamma=0.9, threshold=5.0)
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert twin.gamma == 0.3 and twin.threshold == 1e-3
+    for g in grads[3:]:
+        step_with(opt, params, g)
+        step_with(twin, twin_params, g)
+    for a, b in zip(params, twin_params):
+        assert torch.equal(a, b)
+    for a, b in zip(params, twin_params):
+        assert torch.equal(opt.state[a]["exp_avg"], twin.state[b]["exp_avg"])
+
+
+def test_step_lr_drives_gamma():
+    w = nn.Parameter(torch.ones(3))
+    opt = Bop([w], gamma=1e-4, threshold=1e-8)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.1)
+    seen = []
+    for _ in range(5):
+        w.grad = torch.zeros(3)
+        opt.step()
+        sched.step()
+        seen.append(opt.gamma)
+    torch.testing.assert_close(seen, [1e-4, 1e-5, 1e-5, 1e-6, 1e-6])
+
+
+def test_lambda_schedule_drives_gamma_and_the_update_uses_it():
+    w = nn.Parameter(torch.ones(1))
+    opt = Bop([w], gamma=0.5, threshold=1e9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (step + 1))
+    expected_m = 0.0
+    for step in range(4):
+        gamma = 0.5 / (step + 1)
+        assert opt.param_groups[0]["lr"] == pytest.approx(gamma)
+        step_with(opt, [w], [torch.ones(1)])
+        expected_m += gamma * (1.0 - expected_m)
+        sched.step()
+    torch.testing.assert_close(opt.state[w]["exp_avg"], torch.tensor([expected_m]))
+
+
+def test_gamma_and_threshold_properties_and_group_gamma_key():
+    a, b = nn.Parameter(torch.ones(1)), nn.Parameter(torch.ones(1))
+    opt = Bop([{"params": [a], "gamma": 1e-3}, {"params": [b]}], gamma=1e-4)
+    assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4]
+    opt.gamma = 1e-2
+    opt.threshold = 1e-5
+    assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-2]
+    assert opt.threshold == 1e-5
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(gamma=0.0), "Invalid gamma: 0.0"),
+        (dict(gamma=1.5), "Invalid gamma: 1.5"),
+        (dict(gamma=-1e-3), "Invalid gamma: -0.001"),
+        (dict(threshold=-1e-8), "Invalid threshold: -1e-08"),
+    ],
+)
+def test_invalid_hyperparameters(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Bop([nn.Parameter(torch.ones(1))], **kwargs)
+
+
+def test_empty_parameter_list():
+    with pytest.raises(ValueError, match=r"empty parameter list \(params=\[\]\)"):
+        Bop([])
+    with pytest.raises(ValueError, match="empty parameter list"):
+        Bop2ndOrder(iter([]))
+
+
+def test_setting_invalid_gamma_on_the_property():
+    opt = Bop([nn.Parameter(torch.ones(1))])
+    with pytest.raises(ValueError, match="Invalid gamma: 2"):
+        opt.gamma = 2
+
+
+def toy_problem(seed=1337):
+    """Larq's toy test: 10 features, 2 classes, linearly separable with noise."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1000, 10, generator=gen)
+    y = (x @ torch.randn(10, generator=gen) > 0).long()
+    return x, y
+
+
+def small_bnn():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        ob.QuantLinear(10, 20, bias=False, kernel_quantizer="ste_sign"),
+        nn.BatchNorm1d(20),
+        ob.QuantLinear(20, 2, bias=False, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
+        nn.BatchNorm1d(2),
+    )
+
+
+def test_bop_trains_a_small_bnn():
+    x, y = toy_problem()
+    model = small_bnn()
+    opt = ob.optim.CaseOptimizer(
+        Bop(ob.binary_parameters(model), gamma=1e-3, threshold=1e-6),
+        torch.optim.Adam(ob.real_parameters(model), lr=1e-2),
+    )
+    loss_fn = nn.CrossEntropyLoss()
+    first = loss_fn(model(x), y).item()
+    for _ in range(2):
+        for i in range(0, 1000, 16):
+            opt.zero_grad()
+            loss_fn(model(x[i:i + 16]), y[i:i + 16]).backward()
+            opt.step()
+    model.eval()
+    accuracy = (model(x).argmax(1) == y).float().mean().item()
+    assert loss_fn(model(x), y).item() < first
+    assert accuracy >= 0.75
+    for p in ob.binary_parameters(model):
+        assert set(p.detach().unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_bop2ndorder_hand_case():
+    w = nn.Parameter(torch.tensor([1.0, 1.0, -1.0]))
+    opt = Bop2ndOrder([w], gamma=1.0, sigma=1.0, threshold=0.5, eps=0.0)
+    # m = g, v = g^2 -> w*m/sqrt(v) = w*sign(g): flips where g agrees with w.
+    step_with(opt, [w], [torch.tensor([2.0, -3.0, -0.1])])
+    assert torch.equal(w.detach(), torch.tensor([-1.0, 1.0, 1.0]))
+    assert opt.last_flips.item() == 2
+    torch.testing.assert_close(opt.state[w]["exp_avg_sq"], torch.tensor([4.0, 9.0, 0.01]))
+
+
+def test_bop2ndorder_ema_rates():
+    w = nn.Parameter(torch.ones(1))
+    opt = Bop2ndOrder([w], gamma=0.5, sigma=0.25, threshold=1e9)
+    step_with(opt, [w], [torch.tensor([2.0])])
+    torch.testing.assert_close(opt.state[w]["exp_avg"], torch.tensor([1.0]))
+    torch.testing.assert_close(opt.state[w]["exp_avg_sq"], torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(sigma=0.0), "Invalid sigma: 0.0"),
+    (dict(eps=-1.0), "Invalid eps: -1.0"),
+    (dict(threshold=-1.0), "Invalid threshold: -1.0"),
+])
+def test_bop2ndorder_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Bop2ndOrder([nn.Parameter(torch.ones(1))], **kwargs)
