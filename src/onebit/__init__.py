@@ -3,20 +3,33 @@
 Public API (re-exports only): quantizers, quantized layers, constraints, optimizers, metrics.
 """
 
-from . import constraints, metrics, models, optim, quantizers
-from .layers import (
-    QuantConv1d,
-    QuantConv2d,
-    QuantConv3d,
-    QuantConvTranspose2d,
-    QuantDepthwiseConv2d,
-    QuantLayer,
-    QuantLinear,
-    apply_constraints,
-    binary_parameters,
-    real_parameters,
-)
-from .models import create_model, list_models
+try:
+    import torch as _torch  # noqa: F401
+except ModuleNotFoundError as _e:  # a deployment without torch: only onebit.engine.load works
+    if _e.name != "torch":
+        raise
+    _torch = None
+
+if _torch is None:
+    from . import engine  # noqa: F401  (numpy runtime of exported files)
+else:
+    from . import constraints, metrics, models, optim, quantizers
+    from .layers import (
+        QuantConv1d,
+        QuantConv2d,
+        QuantConv3d,
+        QuantConvTranspose2d,
+        QuantDepthwiseConv2d,
+        QuantLayer,
+        QuantLinear,
+        apply_constraints,
+        binary_parameters,
+        real_parameters,
+    )
+    from .models import create_model, list_models
+    from .summary import ModelSummary, summary
+    from . import engine
+    from .engine import export_onnx
 
 __version__ = "0.1.0"
 
@@ -32,10 +45,14 @@ __all__ = [
     "binary_parameters",
     "constraints",
     "create_model",
+    "engine",
+    "export_onnx",
     "list_models",
     "models",
     "metrics",
     "optim",
     "quantizers",
     "real_parameters",
+    "summary",
+    "ModelSummary",
 ]

@@ -3,7 +3,19 @@
 One file per family; each builder is registered under its function name.
 """
 
-from . import binarynet, small_cnn  # noqa: F401  (registers the models)
+from . import (  # noqa: F401  (importing a family registers its models)
+    alexnet,
+    binarynet,
+    birealnet,
+    densenet,
+    dorefanet,
+    meliusnet,
+    quicknet,
+    real_to_binary,
+    resnet_e,
+    small_cnn,
+    xnornet,
+)
 from ._registry import create_model, list_models, register_model
 
 __all__ = ["create_model", "list_models", "register_model"]

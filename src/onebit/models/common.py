@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..layers import QuantLayer
+from ..layers import QuantLayer, same_padding
 
 # Keras BatchNormalization defaults: momentum 0.99 (torch momentum = 1 - Keras momentum), eps 1e-3.
 KERAS_BN_MOMENTUM = 0.01
@@ -17,9 +21,15 @@ def batch_norm(
     scale: bool = True,
     momentum: float = KERAS_BN_MOMENTUM,
     eps: float = KERAS_BN_EPS,
+    center: bool = True,
 ) -> nn.Module:
-    """BatchNorm{1,2}d; ``scale=False`` drops gamma and keeps beta (Keras ``scale=False``)."""
+    """BatchNorm{1,2}d; ``scale=False`` drops gamma and keeps beta (Keras ``scale=False``);
+    ``center=False, scale=False`` keeps neither (``affine=False``)."""
     cls = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}[dims]
+    if not center and not scale:
+        return cls(num_features, eps=eps, momentum=momentum, affine=False)
+    if not center:
+        raise ValueError("batch_norm(center=False) is only supported together with scale=False")
     bn = cls(num_features, eps=eps, momentum=momentum)
     if not scale:
         del bn.weight
@@ -35,3 +45,78 @@ def glorot_init(model: nn.Module) -> nn.Module:
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
     return model
+
+
+# Keras' truncated normal draws from N(0, s) cut at 2 s; this factor restores the variance.
+_TRUNCATED_STD = 0.87962566103423978
+
+
+@torch.no_grad()
+def _truncated_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
+    """N(0, std) cut at +/-2 std by inverse-CDF sampling (one pass; torch's rejection sampler
+    is seconds slower on the zoo's large kernels)."""
+    edge = math.erf(2.0 / math.sqrt(2.0))  # 2 * Phi(2) - 1
+    tensor.uniform_(-edge, edge).erfinv_().mul_(std * math.sqrt(2.0))
+    return tensor.clamp_(-2 * std, 2 * std)
+
+
+def init_kernel(module: nn.Module, scheme: str = "glorot_uniform") -> nn.Module:
+    """Initialise ``module.weight`` with a Keras initialiser and zero its bias.
+
+    ``scheme``: "glorot_uniform" (Keras' default), "glorot_normal" or "he_normal" (truncated
+    normals with Keras' standard deviations). Fans follow PyTorch's weight layout.
+    """
+    weight = module.weight
+    fan_in, fan_out = nn.init._calculate_fan_in_and_fan_out(weight)
+    if scheme == "glorot_uniform":
+        nn.init.xavier_uniform_(weight)
+    elif scheme in ("glorot_normal", "he_normal"):
+        var = 2.0 / (fan_in + fan_out) if scheme == "glorot_normal" else 2.0 / fan_in
+        _truncated_normal_(weight, math.sqrt(var) / _TRUNCATED_STD)
+    else:
+        raise ValueError(
+            f"unknown initialiser {scheme!r}; use 'glorot_uniform', 'glorot_normal' or 'he_normal'"
+        )
+    if getattr(module, "bias", None) is not None:
+        nn.init.zeros_(module.bias)
+    return module
+
+
+def keras_bn(num_features: int, momentum: float = 0.99, eps: float = KERAS_BN_EPS, **kw) -> nn.Module:
+    """``batch_norm`` taking the *Keras* momentum (0.99, 0.9, 0.8), converted to torch's."""
+    return batch_norm(num_features, momentum=round(1.0 - momentum, 10), eps=eps, **kw)
+
+
+class Pool2dSame(nn.Module):
+    """Max or average pooling with TensorFlow's ``padding="same"``: output = ceil(input / stride),
+    the odd padded pixel at the end; max pools pad with -inf and average pools ignore padding
+    (Keras semantics, which torch's symmetric ``padding=`` cannot express)."""
+
+    def __init__(self, kind: str, kernel_size: int, stride: int):
+        super().__init__()
+        if kind not in ("max", "avg"):
+            raise ValueError(f"pool kind={kind!r} must be 'max' or 'avg'")
+        self.kind, self.kernel_size, self.stride = kind, kernel_size, stride
+
+    def forward(self, x):
+        pads = [same_padding(n, self.kernel_size, self.stride, 1) for n in x.shape[2:]]
+        flat = [p for before_after in reversed(pads) for p in before_after]
+        if self.kind == "max":
+            x = F.pad(x, flat, value=float("-inf")) if any(flat) else x
+            return F.max_pool2d(x, self.kernel_size, self.stride)
+        if not any(flat):
+            return F.avg_pool2d(x, self.kernel_size, self.stride)
+        ones = torch.ones_like(x[:1, :1])
+        total = F.avg_pool2d(F.pad(x, flat), self.kernel_size, self.stride)
+        share = F.avg_pool2d(F.pad(ones, flat), self.kernel_size, self.stride)
+        return total / share
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, kernel_size={self.kernel_size}, stride={self.stride}, padding=same"
+
+
+def global_pool_head(features: int, num_classes: int, init: str = "glorot_uniform") -> nn.Sequential:
+    """Global average pool, flatten and a real-valued dense classifier with bias (logits)."""
+    return nn.Sequential(
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), init_kernel(nn.Linear(features, num_classes), init)
+    )

