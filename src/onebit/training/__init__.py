@@ -1,0 +1,29 @@
+"""Training: one loop for every recipe, checkpoints that resume bit-identically, run folders with
+metrics, flips, TensorBoard events and plots; the reproduction study's experiments."""
+
+from .build import FlipSource, build_model, build_optimizer, build_schedulers, schedule_factor
+from .checkpoint import load as load_checkpoint
+from .checkpoint import save_atomic
+from .config import FIELDS, ConfigError, apply_overrides, defaults
+from .loop import Interrupted, format_summary, new_run_dir, train
+from .step import evaluate, make_train_step
+
+__all__ = [
+    "FIELDS",
+    "ConfigError",
+    "FlipSource",
+    "Interrupted",
+    "apply_overrides",
+    "build_model",
+    "build_optimizer",
+    "build_schedulers",
+    "defaults",
+    "evaluate",
+    "format_summary",
+    "load_checkpoint",
+    "make_train_step",
+    "new_run_dir",
+    "save_atomic",
+    "schedule_factor",
+    "train",
+]

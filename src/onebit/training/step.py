@@ -1,0 +1,45 @@
+"""The training step and the evaluation pass: the one place where forward, backward and the
+optimizer step happen, so speed options (bf16 autocast, torch.compile) are added here only."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["make_train_step", "evaluate"]
+
+
+def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedulers=()):
+    """``step(x, y) -> (loss, correct)``: zero grads, forward, cross-entropy on logits, backward,
+    optimizer step, schedulers step. Returns 0-dim tensors (detached; no host sync)."""
+
+    def step(x: torch.Tensor, y: torch.Tensor):
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        optimizer.step()
+        for s in schedulers:
+            s.step()
+        with torch.no_grad():
+            correct = (logits.argmax(1) == y).sum()
+        return loss.detach(), correct
+
+    return step
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, device: torch.device) -> torch.Tensor:
+    """Sums over ``loader`` in eval mode: tensor [loss_sum, correct, count] (float64, on device)."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        sums[0] += F.cross_entropy(logits, y, reduction="sum").double()
+        sums[1] += (logits.argmax(1) == y).sum()
+        sums[2] += len(y)
+    model.train(was_training)
+    return sums

@@ -1,0 +1,193 @@
+"""Data: the bundled MNIST subset, and small files written in each real format (idx, CIFAR-10
+pickle batches, image folders) loaded back; augmentation; the loader's determinism and sharding;
+one-line errors for missing or malformed paths."""
+
+import gzip
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from onebit.data import (
+    DataError,
+    Loader,
+    load_cifar10,
+    load_dataset,
+    load_imagefolder,
+    load_mnist5k,
+    load_mnist_idx,
+    pad_crop_flip,
+    random_crop,
+    scale_to_unit,
+)
+
+
+def write_idx(path, array: np.ndarray, compress=False):
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    if compress:
+        with gzip.open(str(path) + ".gz", "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def write_mnist_idx(root, n_train=12, n_test=5, compress=False):
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n), compress)
+
+
+def write_cifar(root, n_per_batch=8, n_test=6):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n_per_batch).tolist()}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    test = {b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n_test).tolist()}
+    (folder / "test_batch").write_bytes(pickle.dumps(test))
+    names = [f"class{i}".encode() for i in range(10)]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+    return folder
+
+
+def write_imagefolder(root, classes=("cat", "dog"), per_class=2, size=(40, 30), test_name="test"):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", test_name):
+        for c in classes:
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(d / f"{i}.{'png' if i % 2 == 0 else 'jpg'}")
+    return root
+
+
+def test_mnist5k_split_is_fixed_and_balanced():
+    train, test = load_mnist5k()
+    assert (len(train), len(test)) == (4000, 1000)
+    assert train.images.shape == (4000, 1, 28, 28) and train.images.dtype == torch.uint8
+    again, _ = load_mnist5k()
+    assert torch.equal(train.labels, again.labels)
+    assert train.labels.bincount().min() > 300  # the file is sorted by label; the split shuffles
+    x, y = test.get(torch.arange(4))
+    assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1 and y.dtype == torch.int64
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_idx_roundtrip(tmp_path, compress):
+    write_mnist_idx(tmp_path, compress=compress)
+    train, test = load_mnist_idx(tmp_path)
+    assert train.images.shape == (12, 1, 28, 28) and len(test) == 5
+    assert train.classes == [str(i) for i in range(10)]
+
+
+def test_cifar10_batches(tmp_path):
+    write_cifar(tmp_path)
+    for root in (tmp_path, tmp_path / "cifar-10-batches-py"):
+        train, test = load_cifar10(root)
+        assert train.images.shape == (40, 3, 32, 32) and len(test) == 6
+        assert train.classes[0] == "class0" and train.augment == "pad_crop_flip"
+    g = torch.Generator().manual_seed(0)
+    x, _ = train.get(torch.arange(8), train=True, generator=g)
+    assert x.shape == (8, 3, 32, 32)
+
+
+def test_cifar10_pixel_layout(tmp_path):
+    folder = write_cifar(tmp_path, n_per_batch=2, n_test=2)
+    raw = pickle.loads((folder / "test_batch").read_bytes())[b"data"][0]
+    _, test = load_cifar10(tmp_path)
+    # row-major 1024 red, 1024 green, 1024 blue values
+    assert test.images[0, 1, 0, 5] == raw[1024 + 5]
+
+
+@pytest.mark.parametrize("test_name", ["test", "val"])
+def test_imagefolder(tmp_path, test_name):
+    pytest.importorskip("PIL")
+    write_imagefolder(tmp_path, test_name=test_name)
+    train, test = load_imagefolder(tmp_path, image_size=24)
+    assert len(train) == 4 and len(test) == 4 and train.classes == ["cat", "dog"]
+    g = torch.Generator().manual_seed(0)
+    x, y = train.get(torch.arange(4), train=True, generator=g)
+    assert x.shape == (4, 3, 24, 24) and y.tolist() == [0, 0, 1, 1]
+    x2, _ = test.get(torch.arange(2))
+    assert torch.isfinite(x2).all()
+
+
+@pytest.mark.parametrize(
+    "name, make, match",
+    [
+        ("mnist", None, "needs data_dir"),
+        ("mnist", "empty", "train-images-idx3-ubyte"),
+        ("mnist", "bad_idx", "not an idx file"),
+        ("cifar10", "empty", "data_batch_1..5"),
+        ("cifar10", "bad_pickle", "cannot unpickle"),
+        ("imagefolder", "empty", "train/<class>"),
+        ("imagefolder", "missing", "is not a folder"),
+        ("nope", None, "allowed: mnist5k, mnist, cifar10, imagefolder"),
+    ],
+)
+def test_bad_paths_are_one_line_errors(tmp_path, name, make, match):
+    data_dir = None
+    if make == "empty":
+        data_dir = tmp_path
+    elif make == "missing":
+        data_dir = tmp_path / "nowhere"
+    elif make == "bad_idx":
+        write_mnist_idx(tmp_path)
+        (tmp_path / "train-images-idx3-ubyte").write_bytes(b"garbage!garbage!")
+        data_dir = tmp_path
+    elif make == "bad_pickle":
+        write_cifar(tmp_path)
+        (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
+        data_dir = tmp_path
+    with pytest.raises(DataError, match=match) as info:
+        load_dataset(name, data_dir)
+    assert "\n" not in str(info.value)
+
+
+def test_scale_and_augmentation():
+    x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2)
+    assert scale_to_unit(x).tolist() == [[[[-1.0, 1.0]]]]
+    batch = torch.randint(1, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    out = pad_crop_flip(batch, 4, torch.Generator().manual_seed(1))
+    assert out.shape == batch.shape and out.dtype == torch.uint8
+    assert (out == 0).any()  # some crops reach into the zero padding
+    again = pad_crop_flip(batch, 4, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    # a crop without padding of the same size is the identity
+    assert torch.equal(random_crop(batch, 32, torch.Generator()), batch)
+
+
+def test_crop_takes_a_window():
+    img = torch.arange(36, dtype=torch.uint8).view(1, 1, 6, 6)
+    out = random_crop(img, 3, torch.Generator().manual_seed(0))
+    top, left = divmod(int(out[0, 0, 0, 0]), 6)
+    assert torch.equal(out[0, 0], img[0, 0, top : top + 3, left : left + 3])
+
+
+def test_loader_deterministic_resumable_and_sharded():
+    train, _ = load_mnist5k()
+    loader = Loader(train, 100, train=True, seed=3)
+    assert len(loader) == 40
+    loader.set_epoch(2)
+    full = [y for _, y in loader.batches()]
+    tail = [y for _, y in loader.batches(start=5)]
+    assert all(torch.equal(a, b) for a, b in zip(full[5:], tail))
+    loader.set_epoch(3)
+    assert not torch.equal(full[0], next(loader.batches())[1])
+    # two ranks split every global batch in halves
+    ranks = [Loader(train, 100, train=True, seed=3, rank=r, world_size=2) for r in range(2)]
+    for r in ranks:
+        r.set_epoch(2)
+    halves = [next(r.batches())[1] for r in ranks]
+    assert torch.equal(torch.cat(halves), full[0])
+    # evaluation covers every example once, across ranks
+    ev = [Loader(train, 256, train=False, rank=r, world_size=3).indices() for r in range(3)]
+    assert sorted(torch.cat(ev).tolist()) == list(range(4000))

@@ -1,0 +1,152 @@
+"""The training loop: run folder contents, bit-identical resume (also after Ctrl-C mid-epoch),
+schedules, flips for Bop and latent weights, atomic checkpoints."""
+
+import csv
+import json
+import math
+import signal
+
+import pytest
+import torch
+
+from onebit.recipes import load_recipe
+from onebit.training import Interrupted, schedule_factor, train
+from onebit.training.build import build_model, build_optimizer, build_schedulers
+from onebit.training.checkpoint import load, save_atomic
+from onebit.training.config import ConfigError, apply_overrides
+
+
+def tiny(tmp_path, recipe="mnist-bop", **overrides):
+    config = dict(load_recipe(recipe).config)
+    config.update(out=str(tmp_path), plots=False, tensorboard=False, threads=1, batch_size=32, max_steps=4, log_every=2)
+    config.update(overrides)
+    return config
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_run_folder_contents(tmp_path):
+    summary = train(tiny(tmp_path, epochs=2, plots=True), recipe="mnist-bop", verbose=False)
+    run = tmp_path / "mnist-bop"
+    (run_dir,) = list(run.iterdir())
+    assert summary["run_dir"] == str(run_dir)
+    for name in ("config.toml", "metrics.csv", "flips.csv", "last.pt", "best.pt", "summary.json", "accuracy.png", "flips.png"):
+        assert (run_dir / name).is_file(), name
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert 0 <= saved["test_accuracy"] <= 1 and saved["epochs"] == 2 and saved["wall_seconds"] > 0
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and rows[-1]["step"] == "8"
+    for key in ("train_loss", "train_accuracy", "test_accuracy", "lr", "gamma", "flips", "log_flip_ratio", "seconds"):
+        assert rows[-1][key] != "", key
+    flips = list(csv.DictReader(open(run_dir / "flips.csv")))
+    assert [int(r["step"]) for r in flips] == list(range(1, 9))
+    assert any(k.startswith("flips/") for k in flips[0])
+    assert all(math.isfinite(float(r["log_flip_ratio"])) for r in flips)
+
+
+@pytest.mark.parametrize("recipe", ["mnist-bop", "mnist-latent"])
+def test_resume_is_bit_identical(tmp_path, recipe):
+    straight = train(tiny(tmp_path / "a", recipe, epochs=2), recipe=recipe, verbose=False)
+    first = train(tiny(tmp_path / "b", recipe, epochs=1), recipe=recipe, verbose=False)
+    config = apply_overrides(load(f"{first['run_dir']}/last.pt")["config"], ["epochs=2"])
+    resumed = train(config, recipe=recipe, resume=first["run_dir"], verbose=False)
+    a, b = load(f"{straight['run_dir']}/last.pt"), load(f"{resumed['run_dir']}/last.pt")
+    assert_same_state(a["model"], b["model"])
+    assert a["optimizer"].keys() == b["optimizer"].keys()
+    assert a["history"][-1]["test_accuracy"] == b["history"][-1]["test_accuracy"]
+    assert a["history"][-1]["flips"] == b["history"][-1]["flips"]
+    assert resumed["epochs"] == 2 and resumed["steps"] == 8
+    rows = list(csv.DictReader(open(f"{resumed['run_dir']}/flips.csv")))
+    assert [int(r["step"]) for r in rows] == list(range(1, 9))
+
+
+def test_ctrl_c_saves_and_resumes_mid_epoch(tmp_path):
+    straight = train(tiny(tmp_path / "a", epochs=2), recipe="mnist-bop", verbose=False)
+
+    def interrupt(epoch, batch, step):
+        if step == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(Interrupted) as info:
+        train(tiny(tmp_path / "b", epochs=2), recipe="mnist-bop", verbose=False, on_step=interrupt)
+    run_dir = info.value.run_dir
+    ckpt = load(run_dir / "last.pt")
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (0, 3, 3)
+    resumed = train(ckpt["config"], recipe="mnist-bop", resume=run_dir, verbose=False)
+    assert_same_state(load(f"{straight['run_dir']}/last.pt")["model"], load(run_dir / "last.pt")["model"])
+    assert resumed["test_accuracy"] == straight["test_accuracy"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_seed_determinism(tmp_path):
+    a = train(tiny(tmp_path, seed=5), recipe="x", verbose=False)
+    b = train(tiny(tmp_path, seed=5), recipe="x", verbose=False)
+    c = train(tiny(tmp_path, seed=6), recipe="x", verbose=False)
+    ma, mb, mc = (load(f"{s['run_dir']}/last.pt")["model"] for s in (a, b, c))
+    assert_same_state(ma, mb)
+    assert not all(torch.equal(ma[k], mc[k]) for k in ma)
+
+
+@pytest.mark.parametrize(
+    "kind, step, expected",
+    [("none", 500, 1.0), ("step", 99, 1.0), ("step", 100, 0.1), ("step", 250, 0.01), ("linear", 0, 1.0), ("linear", 50, 0.505), ("linear", 100, 0.01), ("linear", 1000, 0.01)],
+)
+def test_schedule_factor(kind, step, expected):
+    assert schedule_factor(kind, step, 100, 0.1, 1.0, 0.01) == pytest.approx(expected)
+
+
+def test_gamma_step_decay_in_epochs_drives_bop():
+    config = apply_overrides(load_recipe("mnist-bop").config, ["gamma=1e-2", "gamma_decay=step", "gamma_decay_epochs=2", "lr_decay=linear", "lr_end=0"])
+    model = build_model(config, 10, (1, 28, 28))
+    opt, bop = build_optimizer(config, model)
+    scheds = build_schedulers(config, opt, bop, steps_per_epoch=5, total_steps=20)
+    x, y = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    gammas, lrs = [], []
+    for _ in range(20):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        for s in scheds:
+            s.step()
+        gammas.append(bop.gamma)
+        lrs.append(opt.optimizers[1].param_groups[0]["lr"])
+    assert gammas[8] == pytest.approx(1e-2) and gammas[9] == pytest.approx(1e-3) and gammas[19] == pytest.approx(1e-4)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12) and lrs[9] == pytest.approx(0.5e-2)
+
+
+def test_bop_kernels_stay_binary_and_latent_flips_are_counted(tmp_path):
+    s = train(tiny(tmp_path), recipe="bop", verbose=False)
+    model = load(f"{s['run_dir']}/last.pt")["model"]
+    kernels = [v for k, v in model.items() if k.endswith("weight") and v.dim() > 1]
+    assert kernels and all(set(v.unique().tolist()) <= {-1.0, 1.0} for v in kernels)
+    s = train(tiny(tmp_path, "mnist-latent"), recipe="latent", verbose=False)
+    rows = list(csv.DictReader(open(f"{s['run_dir']}/metrics.csv")))
+    assert int(rows[0]["flips"]) > 0 and rows[0]["gamma"] == ""
+
+
+def test_kernel_l2_becomes_weight_decay():
+    config = apply_overrides(load_recipe("mnist-latent").config, ["kernel_l2=5e-7"])
+    model = build_model(config, 10, (1, 28, 28))
+    opt, _ = build_optimizer(config, model)
+    decays = sorted(g["weight_decay"] for g in opt.param_groups)
+    assert decays == [0.0, 1e-6]
+
+
+def test_atomic_save_leaves_no_temp(tmp_path):
+    save_atomic({"a": torch.ones(2)}, tmp_path / "x.pt")
+    save_atomic({"a": torch.zeros(2)}, tmp_path / "x.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+    assert torch.equal(load(tmp_path / "x.pt")["a"], torch.zeros(2))
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [("nope=1", "unknown key 'nope'"), ("epochs=abc", "expected int"), ("optimizer=sgd", "allowed: bop, latent"), ("gamma=2", "gamma must be in"), ("epochs", "expected key=value")],
+)
+def test_bad_overrides(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(load_recipe("mnist-bop").config, [override])
