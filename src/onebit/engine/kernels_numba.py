@@ -17,6 +17,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .bits import popcount as _popcount_np
 from .kernels_numpy import out_size
 
 
@@ -51,72 +52,83 @@ def _emit(dots, n_out, mode, mul, add, sgn, thr, out_f, out_b):
             out_b[q] = word
 
 
+@njit(cache=True, inline="always")
+def _gather(x, n, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, patch, oob):
+    """Copy one output pixel's receptive field (kh*kw taps of packed words) into ``patch``;
+    taps outside the input get zero words (+1, bit 0) and are flagged in ``oob``. Returns their count."""
+    h, wid, words = x.shape[1], x.shape[2], x.shape[3]
+    n_oob = 0
+    for i in range(kh):
+        ih = oh * sh - pt + i * dh
+        for j in range(kw):
+            iw = ow * sw - pl + j * dw
+            t = i * kw + j
+            if ih >= 0 and ih < h and iw >= 0 and iw < wid:
+                for q in range(words):
+                    patch[t * words + q] = x[n, ih, iw, q]
+                oob[t] = False
+            else:
+                for q in range(words):
+                    patch[t * words + q] = 0
+                oob[t] = True
+                n_oob += 1
+    return n_oob
+
+
+@njit(cache=True, inline="always")
+def _to_dots(acc, n_oob, oob, wpc, c_in, taps, pad_one):
+    """Popcounts -> dots in place: K - 2 pc, or over the valid taps only for zero padding."""
+    if n_oob > 0 and not pad_one:
+        k_valid = c_in * (taps - n_oob)
+        for o in range(acc.shape[0]):
+            corr = 0
+            for t in range(taps):
+                if oob[t]:
+                    corr += wpc[o, t]
+            acc[o] = k_valid - 2 * (acc[o] - corr)
+    else:
+        k_full = c_in * taps
+        for o in range(acc.shape[0]):
+            acc[o] = k_full - 2 * acc[o]
+
+
 @njit(parallel=True, cache=True, fastmath=True)
-def _bconv2d(x, w, wpc, c_in, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, mode, mul, add, sgn, thr,
-             out_f, out_b):
-    n_img, h, wid, words = x.shape
-    n_out, kh, kw, _ = w.shape
+def _bconv2d(x, wt, wpc, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, mode, mul, add, sgn,
+             thr, out_f, out_b):
+    """Threads over output rows; two output pixels at a time share each kernel word loaded, and
+    the innermost loop runs over output channels (``wt`` is (kh*kw*words, O)), so it vectorizes
+    without horizontal sums."""
+    n_img = x.shape[0]
+    kwords, n_out = wt.shape
     taps = kh * kw
-    kwords = taps * words
-    wf = w.reshape(n_out, kwords)
-    k_full = c_in * taps
     for row in prange(n_img * ho):
         n = row // ho
         oh = row % ho
-        patch = np.zeros(kwords, dtype=np.uint64)
-        dots = np.empty(n_out, dtype=np.int64)
-        oob = np.zeros(taps, dtype=np.bool_)
-        for ow in range(wo):
-            n_oob = 0
-            for i in range(kh):
-                ih = oh * sh - pt + i * dh
-                for j in range(kw):
-                    iw = ow * sw - pl + j * dw
-                    base = (i * kw + j) * words
-                    if ih >= 0 and ih < h and iw >= 0 and iw < wid:
-                        for q in range(words):
-                            patch[base + q] = x[n, ih, iw, q]
-                        oob[i * kw + j] = False
-                    else:
-                        for q in range(words):
-                            patch[base + q] = 0
-                        oob[i * kw + j] = True
-                        n_oob += 1
-            o = 0
-            while o + 4 <= n_out:  # four output channels per pass over the patch
-                a0 = 0
-                a1 = 0
-                a2 = 0
-                a3 = 0
-                for k in range(kwords):
-                    p = patch[k]
-                    a0 += popcount(p ^ wf[o, k])
-                    a1 += popcount(p ^ wf[o + 1, k])
-                    a2 += popcount(p ^ wf[o + 2, k])
-                    a3 += popcount(p ^ wf[o + 3, k])
-                dots[o] = a0
-                dots[o + 1] = a1
-                dots[o + 2] = a2
-                dots[o + 3] = a3
-                o += 4
-            while o < n_out:
-                a0 = 0
-                for k in range(kwords):
-                    a0 += popcount(patch[k] ^ wf[o, k])
-                dots[o] = a0
-                o += 1
-            if n_oob > 0 and not pad_one:
-                k_valid = c_in * (taps - n_oob)
+        patch0 = np.empty(kwords, dtype=np.uint64)
+        patch1 = np.empty(kwords, dtype=np.uint64)
+        acc0 = np.empty(n_out, dtype=np.int64)
+        acc1 = np.empty(n_out, dtype=np.int64)
+        oob0 = np.zeros(taps, dtype=np.bool_)
+        oob1 = np.zeros(taps, dtype=np.bool_)
+        for ow0 in range(0, wo, 2):
+            ow1 = min(ow0 + 1, wo - 1)
+            n0 = _gather(x, n, oh, ow0, kh, kw, sh, sw, dh, dw, pt, pl, patch0, oob0)
+            n1 = _gather(x, n, oh, ow1, kh, kw, sh, sw, dh, dw, pt, pl, patch1, oob1)
+            for o in range(n_out):
+                acc0[o] = 0
+                acc1[o] = 0
+            for k in range(kwords):
+                p0 = patch0[k]
+                p1 = patch1[k]
                 for o in range(n_out):
-                    corr = 0
-                    for t in range(taps):
-                        if oob[t]:
-                            corr += wpc[o, t]
-                    dots[o] = k_valid - 2 * (dots[o] - corr)
-            else:
-                for o in range(n_out):
-                    dots[o] = k_full - 2 * dots[o]
-            _emit(dots, n_out, mode, mul, add, sgn, thr, out_f[n, oh, ow], out_b[n, oh, ow])
+                    wv = wt[k, o]
+                    acc0[o] += popcount(p0 ^ wv)
+                    acc1[o] += popcount(p1 ^ wv)
+            _to_dots(acc0, n0, oob0, wpc, c_in, taps, pad_one)
+            _emit(acc0, n_out, mode, mul, add, sgn, thr, out_f[n, oh, ow0], out_b[n, oh, ow0])
+            if ow1 != ow0:
+                _to_dots(acc1, n1, oob1, wpc, c_in, taps, pad_one)
+                _emit(acc1, n_out, mode, mul, add, sgn, thr, out_f[n, oh, ow1], out_b[n, oh, ow1])
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -171,9 +183,19 @@ def _mode_args(n_out, mode, mul, add, sgn, thr):
     return 1, _DUMMY_F, _DUMMY_F, np.asarray(sgn, np.int64), np.asarray(thr, np.int64)
 
 
+def kernel_matrix(w):
+    """Packed conv kernel (O, kh, kw, words) -> the (kh*kw*words, O) matrix ``_bconv2d`` reads."""
+    return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
+
+
 def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=None, sgn=None,
-            thr=None, wpc=None):
-    """Same contract as ``kernels_numpy.bconv2d``; ``wpc`` (O, kh*kw) kernel bits per tap."""
+            thr=None, wpc=None, wt=None):
+    """Same contract as ``kernels_numpy.bconv2d``; ``wpc`` (O, kh*kw) kernel bits per tap and
+    ``wt`` = ``kernel_matrix(w)`` (both computed here when not given)."""
+    if wpc is None:
+        wpc = _popcount_np(w).sum(axis=-1).reshape(w.shape[0], -1)
+    if wt is None:
+        wt = kernel_matrix(w)
     n, h, wid, words = x.shape
     o, kh, kw, _ = w.shape
     (pt, pb), (pl, pr) = pads
@@ -186,8 +208,8 @@ def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=N
     else:
         out_f = np.empty((n, ho, wo, 1), np.float32)
         out_b = np.empty((n, ho, wo, (o + 63) // 64), np.uint64)
-    _bconv2d(np.ascontiguousarray(x), w, wpc, c_in, stride[0], stride[1], dilation[0], dilation[1],
-             pt, pl, ho, wo, pad_value != 0, m, mul, add, sgn, thr, out_f, out_b)
+    _bconv2d(np.ascontiguousarray(x), wt, wpc, c_in, kh, kw, stride[0], stride[1], dilation[0],
+             dilation[1], pt, pl, ho, wo, pad_value != 0, m, mul, add, sgn, thr, out_f, out_b)
     return out_f if m == 0 else out_b
 
 

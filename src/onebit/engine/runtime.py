@@ -72,6 +72,8 @@ class Runtime:
         kind = op["op"]
         if kind == "bconv2d":
             a["wpc"] = _bits.popcount(a["weight"]).sum(axis=-1).reshape(a["weight"].shape[0], -1)
+            if self.backend == "numba":
+                a["wt"] = self._k.kernel_matrix(a["weight"])
         if kind in ("conv2d", "dense"):
             if "weight_bits" in a:  # a 1-bit kernel of a real-input layer: unpack once, here
                 shape = tuple(op["weight_shape"])
@@ -97,6 +99,19 @@ class Runtime:
     # -- execution ----------------------------------------------------------------------------
 
     def __call__(self, x) -> np.ndarray:
+        return self._execute(x, None)
+
+    def op_inputs(self, x) -> list[list[np.ndarray]]:
+        """Run on ``x`` and return every op's input arrays (for per-op benchmarks with ``run_op``)."""
+        record: list = []
+        self._execute(x, record)
+        return record
+
+    def run_op(self, i: int, args: list[np.ndarray]) -> np.ndarray:
+        """Run op ``i`` alone on its input arrays (as returned by ``op_inputs``)."""
+        return self._run(i, self.ops[i], args)
+
+    def _execute(self, x, record):
         x = np.asarray(x, dtype=np.float32)
         want = self.input_shape
         if x.ndim != len(want) or tuple(x.shape[1:]) != tuple(want[1:]):
@@ -109,6 +124,8 @@ class Runtime:
         env = {"input": x}
         for i, op in enumerate(self.ops):
             args = [env[v] for v in op["in"]]
+            if record is not None:
+                record.append(args)
             env[op["out"]] = self._run(i, op, args)
             for v in op["in"]:
                 if self._last_use.get(v) == i and v != op["out"]:
@@ -130,7 +147,7 @@ class Runtime:
         if kind == "sign":
             return np.where(x >= 0, np.float32(1), np.float32(-1))
         if kind == "bconv2d":
-            extra = {"wpc": a["wpc"]} if k is not _np_kernels else {}
+            extra = {"wpc": a["wpc"], "wt": a["wt"]} if k is not _np_kernels else {}
             return k.bconv2d(x, a["weight"], op["in_channels"], tuple(op["stride"]),
                              tuple(op["dilation"]), _pads(op["padding"]), op["pad_value"],
                              op["mode"], a.get("mul"), a.get("add"), a.get("sgn"), a.get("thr"),
