@@ -6,11 +6,7 @@ from torch import nn
 
 from ..layers import QuantConv2d, QuantLinear
 from ._registry import register_model
-from .common import glorot_init, keras_bn
-
-
-def _pooled(size: int) -> int:
-    return (size - 3) // 2 + 1
+from .common import pooled_size, glorot_init, keras_bn
 
 
 @register_model
@@ -36,7 +32,7 @@ def binary_alexnet(
     q = dict(kernel_quantizer=kernel_quantizer, kernel_constraint=kernel_constraint)
     conv = dict(padding="same", bias=False, input_quantizer=input_quantizer, **q)
     size = -(-image_size // 4)
-    size = _pooled(_pooled(_pooled(size)))
+    size = pooled_size(pooled_size(pooled_size(size)))
     if size < 1:
         raise ValueError(f"binary_alexnet needs image_size >= 64 or so, got {image_size}")
     model = nn.Sequential(

@@ -6,7 +6,7 @@ from torch import nn
 
 from ..layers import QuantConv2d
 from ._registry import register_model
-from .common import Pool2dSame, global_pool_head, init_kernel, keras_bn
+from .common import downsample_shortcut, Pool2dSame, global_pool_head, init_kernel, keras_bn
 
 
 class BiRealBlock(nn.Module):
@@ -26,11 +26,7 @@ class BiRealBlock(nn.Module):
         self.bn = keras_bn(out_channels, momentum)
         self.shortcut = nn.Identity()
         if in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                Pool2dSame("avg", 2, 2),
-                init_kernel(nn.Conv2d(in_channels, out_channels, 1, bias=False), "glorot_normal"),
-                keras_bn(out_channels, momentum),
-            )
+            self.shortcut = downsample_shortcut(in_channels, out_channels, momentum)
 
     def forward(self, x):
         return self.bn(self.conv(x)) + self.shortcut(x)

@@ -120,3 +120,19 @@ def global_pool_head(features: int, num_classes: int, init: str = "glorot_unifor
     return nn.Sequential(
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), init_kernel(nn.Linear(features, num_classes), init)
     )
+
+
+def downsample_shortcut(in_channels: int, out_channels: int, momentum: float, eps: float = KERAS_BN_EPS) -> nn.Sequential:
+    """The real-valued shortcut of Bi-Real / ResNet-E / Real-to-Binary blocks where the channels
+    double: 2x2/2 average pool ("same"), 1x1 convolution (glorot normal) and batch norm
+    (``momentum`` in Keras' convention)."""
+    return nn.Sequential(
+        Pool2dSame("avg", 2, 2),
+        init_kernel(nn.Conv2d(in_channels, out_channels, 1, bias=False), "glorot_normal"),
+        keras_bn(out_channels, momentum, eps=eps),
+    )
+
+
+def pooled_size(size: int, kernel_size: int = 3, stride: int = 2) -> int:
+    """Output size of a "valid" pooling window."""
+    return (size - kernel_size) // stride + 1

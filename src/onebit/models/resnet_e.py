@@ -8,7 +8,7 @@ from ..constraints import WeightClip
 from ..layers import QuantConv2d
 from ..quantizers import SteSign
 from ._registry import register_model
-from .common import Pool2dSame, global_pool_head, init_kernel, keras_bn
+from .common import downsample_shortcut, Pool2dSame, global_pool_head, init_kernel, keras_bn
 
 
 class ResNetEBlock(nn.Module):
@@ -28,11 +28,7 @@ class ResNetEBlock(nn.Module):
         self.bn = keras_bn(out_channels, 0.9, eps=1e-5)
         self.shortcut = nn.Identity()
         if in_channels != out_channels:
-            self.shortcut = nn.Sequential(
-                nn.AvgPool2d(2, 2),
-                init_kernel(nn.Conv2d(in_channels, out_channels, 1, bias=False), "glorot_normal"),
-                keras_bn(out_channels, 0.9, eps=1e-5),
-            )
+            self.shortcut = downsample_shortcut(in_channels, out_channels, 0.9, eps=1e-5)
 
     def forward(self, x):
         return self.bn(self.conv(x)) + self.shortcut(x)

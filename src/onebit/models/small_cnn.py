@@ -22,7 +22,7 @@ def small_cnn(
     dense 64 and ``num_classes`` with batch norm; the first conv takes the real-valued input.
 
     From the NeurIPS 2019 reproducibility study of Helwegen et al. (Larq's MNIST example with a
-    pool in every block): binary test accuracy 0.9663 on MNIST and 0.5731 on CIFAR-10 after
+    pool in every block): binary test accuracy 96.63% on MNIST and 57.31% on CIFAR-10 after
     6 epochs of latent-weight Adam. Batch norm without scale, Keras momentum/epsilon.
     """
     q = dict(kernel_quantizer=kernel_quantizer, kernel_constraint=kernel_constraint)

@@ -8,7 +8,7 @@ from torch import nn
 from ..layers import QuantConv2d
 from ..quantizers import Quantizer, SteSign
 from ._registry import register_model
-from .common import glorot_init, init_kernel, keras_bn
+from .common import pooled_size, glorot_init, init_kernel, keras_bn
 
 
 class XnorWeightScale(Quantizer):
@@ -29,10 +29,6 @@ class XnorWeightScale(Quantizer):
         w = torch.clamp(w, -1.0, 1.0)
         alpha = w.abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
         return alpha * self.sign(w)
-
-
-def _pooled(size: int) -> int:
-    return (size - 3) // 2 + 1
 
 
 @register_model
@@ -68,7 +64,7 @@ def xnornet(
     def qconv(cin, cout, k, padding="same"):
         return QuantConv2d(cin, cout, k, padding=padding, **{**quant, "kernel_quantizer": XnorWeightScale()})
 
-    size = _pooled(_pooled(_pooled(-(-image_size // 4))))
+    size = pooled_size(pooled_size(pooled_size(-(-image_size // 4))))
     if size < 1:
         raise ValueError(f"xnornet needs image_size >= 64 or so, got {image_size}")
     layers = [

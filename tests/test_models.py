@@ -1,0 +1,107 @@
+"""The zoo: every registered model builds, runs forward and backward, reports its summary, trains
+with Bop on its binary kernels, and has Larq Zoo's counts."""
+
+import pytest
+import torch
+
+import onebit as ob
+from onebit.optim import Bop, CaseOptimizer
+
+# name -> (count input size, small training input size, extra kwargs of the small model)
+SETUP = {
+    "small_cnn": ((1, 1, 28, 28), (2, 1, 28, 28), {}),
+    "binarynet": ((1, 3, 32, 32), (2, 3, 32, 32), {}),
+    "binary_alexnet": ((1, 3, 224, 224), (2, 3, 64, 64), {"image_size": 64}),
+    "xnornet": ((1, 3, 224, 224), (2, 3, 64, 64), {"image_size": 64}),
+    "dorefanet": ((1, 3, 224, 224), (2, 3, 64, 64), {"image_size": 64}),
+    "birealnet18": ((1, 3, 224, 224), (2, 3, 64, 64), {}),
+    "binary_resnet_e18": ((1, 3, 224, 224), (2, 3, 64, 64), {}),
+    "binary_densenet28": ((1, 3, 224, 224), (2, 3, 64, 64), {}),
+    "meliusnet22": ((1, 3, 224, 224), (2, 3, 64, 64), {}),
+    "real_to_binary_net": ((1, 3, 224, 224), (2, 3, 64, 64), {}),
+    "quicknet_small": ((1, 3, 224, 224), (2, 3, 64, 64), {}),
+    "quicknet": ((1, 3, 224, 224), (2, 3, 64, 64), {}),
+    "quicknet_large": ((1, 3, 224, 224), (2, 3, 64, 64), {}),
+}
+
+# Counts at the count input size (ImageNet models: 224x224, 1000 classes).
+# "params": onebit/Larq summary total (batch norm = 2 values per channel);
+# "keras": Keras' count_params() (= torch parameters + batch-norm running statistics), the
+# number Larq Zoo's docstrings report for most models. Larq Zoo's figure is marked in comments.
+COUNTS = {
+    "binarynet": dict(binary=10_352_000, binary_macs=510_961_664, params=10_359_700),
+    "small_cnn": dict(binary=60_320, binary_macs=2_566_784, params=60_788),
+    "binary_alexnet": dict(binary=61_827_776, binary_macs=768_512_000, keras=61_859_192),  # zoo
+    "xnornet": dict(binary=58_236_928, binary_macs=1_025_744_896, keras=62_396_768),  # zoo
+    "dorefanet": dict(binary=58_236_928, binary_macs=0, keras=62_403_912),  # zoo
+    "birealnet18": dict(binary=10_985_472, binary_macs=1_676_279_808, keras=11_699_112),  # zoo
+    "binary_resnet_e18": dict(binary=10_985_472, binary_macs=1_676_279_808, keras=11_699_368),  # zoo
+    "binary_densenet28": dict(binary=4_202_496, binary_macs=3_587_383_296, keras=5_150_504),  # zoo
+    "meliusnet22": dict(binary=6_119_424, binary_macs=4_624_220_160, params=6_944_584),  # zoo
+    "real_to_binary_net": dict(binary=10_985_472, binary_macs=1_676_279_808, keras=11_995_624),  # zoo
+    "quicknet_small": dict(binary=11_980_800, binary_macs=1_156_055_040, params=12_655_688),  # zoo
+    "quicknet": dict(binary=12_533_760, binary_macs=1_849_688_064, params=13_234_088),  # zoo
+    "quicknet_large": dict(binary=22_634_496, binary_macs=3_699_376_128, params=23_342_248),  # zoo
+}
+
+
+def keras_param_count(model) -> int:
+    stats = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var")))
+    return sum(p.numel() for p in model.parameters()) + stats
+
+
+def test_registry_lists_every_model():
+    assert ob.list_models() == sorted(SETUP)
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'.*birealnet18"):
+        ob.create_model("resnet9000")
+
+
+@pytest.mark.parametrize("name", sorted(SETUP))
+def test_model_counts_and_summary(name):
+    """Counts agree with Larq Zoo's architectures; the summary reports them."""
+    count_size, _, _ = SETUP[name]
+    model = ob.create_model(name)
+    s = ob.summary(model, count_size, verbose=False)
+    expected = COUNTS[name]
+    assert s.binary_params == expected["binary"]
+    assert s.binary_macs == expected["binary_macs"]
+    assert s.binary_params == sum(p.numel() for p in ob.binary_parameters(model))
+    if "params" in expected:
+        assert s.total_params == expected["params"]
+    if "keras" in expected:
+        assert keras_param_count(model) == expected["keras"]
+    assert "Total params" in str(s)
+    doc = ob.models._registry._MODELS[name].__doc__
+    assert doc and "%" in doc, f"{name} needs a docstring with its accuracy"
+
+
+@pytest.mark.parametrize("name", sorted(SETUP))
+def test_model_forward_backward_and_bop(name):
+    """Forward and backward on a small batch; a Bop + Adam step sets the binary kernels to
+    exactly +/-1 (Bop binarises real-valued weights on its first step) and the loss stays finite."""
+    torch.manual_seed(0)
+    _, small_size, kwargs = SETUP[name]
+    model = ob.create_model(name, num_classes=10, **kwargs)
+    binary = list(ob.binary_parameters(model))
+    assert binary, f"{name} has no binary kernels"
+    optimizer = CaseOptimizer(
+        Bop(binary, gamma=1e-3, threshold=1e-8, fused=False),  # eager: no compile per model
+        torch.optim.Adam(ob.real_parameters(model), lr=1e-3),
+    )
+    x = torch.randn(small_size)
+    y = torch.randint(0, 10, (small_size[0],))
+    model.train()
+    logits = model(x)
+    assert logits.shape == (small_size[0], 10)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in binary)
+    optimizer.step()
+    for p in binary:
+        assert torch.all(p.abs() == 1), f"{name}: a binary kernel is not +/-1 after Bop's step"
+    with torch.no_grad():
+        assert torch.isfinite(torch.nn.functional.cross_entropy(model(x), y))
