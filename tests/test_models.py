@@ -105,3 +105,41 @@ def test_model_forward_backward_and_bop(name):
         assert torch.all(p.abs() == 1), f"{name}: a binary kernel is not +/-1 after Bop's step"
     with torch.no_grad():
         assert torch.isfinite(torch.nn.functional.cross_entropy(model(x), y))
+
+
+@pytest.mark.parametrize("name, smallest", [("binary_alexnet", 57), ("xnornet", 57), ("dorefanet", 44)])
+def test_too_small_image_size_is_refused(name, smallest):
+    ob.create_model(name, num_classes=2, image_size=smallest)
+    with pytest.raises(ValueError, match=f"image_size >= {smallest}.*got {smallest - 1}"):
+        ob.create_model(name, image_size=smallest - 1)
+
+
+@pytest.mark.parametrize("size", [5, 6, 7, 8])
+def test_same_pooling_matches_tensorflow(size):
+    """TF "same": ceil(n / stride) outputs, the odd padded pixel at the end, max pads with -inf,
+    average ignores the padding."""
+    from onebit.models.common import Pool2dSame
+
+    x = torch.arange(size * size, dtype=torch.float32).reshape(1, 1, size, size) - 10.0
+    out = -(-size // 2)
+    mx = Pool2dSame("max", 3, 2)(x)
+    av = Pool2dSame("avg", 2, 2)(x)
+    assert mx.shape[-2:] == av.shape[-2:] == (out, out)
+    total = max((out - 1) * 2 + 3 - size, 0)
+    before = total // 2
+    # top-left window of the max pool covers rows/cols [-before, 3 - before)
+    assert mx[0, 0, 0, 0] == x[0, 0, : 3 - before, : 3 - before].max()
+    if size % 2:  # the last average window holds one real pixel
+        assert av[0, 0, -1, -1] == x[0, 0, -1, -1]
+    assert av[0, 0, 0, 0] == x[0, 0, :2, :2].mean()
+
+
+def test_bad_initialiser_and_batch_norm_arguments():
+    from onebit.models.common import Pool2dSame, batch_norm, init_kernel
+
+    with pytest.raises(ValueError, match="unknown initialiser 'lecun'"):
+        init_kernel(torch.nn.Linear(2, 2), "lecun")
+    with pytest.raises(ValueError, match="center=False"):
+        batch_norm(4, center=False)
+    with pytest.raises(ValueError, match="'sum'"):
+        Pool2dSame("sum", 2, 2)

@@ -34,7 +34,7 @@ def binary_alexnet(
     size = -(-image_size // 4)
     size = pooled_size(pooled_size(pooled_size(size)))
     if size < 1:
-        raise ValueError(f"binary_alexnet needs image_size >= 64 or so, got {image_size}")
+        raise ValueError(f"binary_alexnet needs image_size >= 57 (the map vanishes), got {image_size}")
     model = nn.Sequential(
         QuantConv2d(in_channels, 64, 11, 4, padding="same", bias=False, **q),
         nn.MaxPool2d(3, 2),

@@ -72,7 +72,7 @@ def dorefanet(
     size = -(-size // 2)
     size = (size - 3) // 2 + 1
     if size < 1:
-        raise ValueError(f"dorefanet needs image_size >= 64 or so, got {image_size}")
+        raise ValueError(f"dorefanet needs image_size >= 44 (the map vanishes), got {image_size}")
     layers = [
         init_kernel(nn.Conv2d(in_channels, 96, 12, 4)),
         QuantConv2d(96, 256, 5, padding="same", **quant()),

@@ -49,24 +49,20 @@ def xnornet(
     scale (Keras momentum 0.9); relu and a real dense classifier without bias. Larq Zoo also puts
     an L2 penalty of 5e-7 on every kernel: pass it as weight decay to the optimizer. Larq Zoo:
     44.96% top-1 / 69.18% top-5 on ImageNet (224x224), 62,396,768 Keras parameters, 22.81 MB.
-    ``image_size`` must leave a 6x6 map before the 6x6 convolution (224: 6x6; 64..: smaller
-    inputs shrink that kernel, so only 224 is Larq Zoo's network).
+    ``image_size`` sets the map before the 4096-filter convolution (6x6 at 224, Larq Zoo's
+    network); smaller inputs shrink that kernel to the map, larger ones average-pool its output.
 
     Counts (224x224): 58,236,928 binary weights.
     """
-    quant = dict(
-        input_quantizer=input_quantizer,
-        kernel_quantizer=XnorWeightScale,
-        kernel_constraint=kernel_constraint,
-        bias=False,
-    )
-
     def qconv(cin, cout, k, padding="same"):
-        return QuantConv2d(cin, cout, k, padding=padding, **{**quant, "kernel_quantizer": XnorWeightScale()})
+        return QuantConv2d(
+            cin, cout, k, padding=padding, bias=False, input_quantizer=input_quantizer,
+            kernel_quantizer=XnorWeightScale(), kernel_constraint=kernel_constraint,
+        )
 
     size = pooled_size(pooled_size(pooled_size(-(-image_size // 4))))
     if size < 1:
-        raise ValueError(f"xnornet needs image_size >= 64 or so, got {image_size}")
+        raise ValueError(f"xnornet needs image_size >= 57 (the map vanishes), got {image_size}")
     layers = [
         QuantConv2d(in_channels, 96, 11, 4, padding="same", bias=False),
         keras_bn(96, 0.9, eps=1e-5, scale=False),
