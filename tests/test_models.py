@@ -73,7 +73,7 @@ def test_model_counts_and_summary(name):
         assert s.total_params == expected["params"]
     if "keras" in expected:
         assert keras_param_count(model) == expected["keras"]
-    assert "Total params" in str(s)
+    assert str(s).startswith(f"{name} summary\n") and "Total params" in str(s)
     doc = ob.models._registry._MODELS[name].__doc__
     assert doc and "%" in doc, f"{name} needs a docstring with its accuracy"
 

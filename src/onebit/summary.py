@@ -356,7 +356,8 @@ def summary(
     ``input_size`` is the shape of one dummy input *including* the batch dimension, e.g.
     ``(1, 3, 32, 32)``; alternatively pass ``input_data`` (a tensor). MACs and output shapes are
     per sample. ``print_fn`` receives the table (default ``print``); ``verbose=False`` or
-    ``print_fn=None`` prints nothing. The model runs once in eval mode under ``torch.no_grad()``
+    ``print_fn=None`` prints nothing. ``name`` titles the tables (default: the zoo name of a
+    ``create_model`` model, else the class name). The model runs once in eval mode under ``torch.no_grad()``
     and its training mode is restored afterwards.
     """
     if input_data is None:
@@ -398,7 +399,9 @@ def summary(
             continue
         seen.add(id(module))
         layers.append(_profile_layer(lname, module, calls[id(module)]))
-    result = ModelSummary.from_layers(name or type(model).__name__, layers)
+    if name is None:
+        name = model.name if isinstance(getattr(model, "name", None), str) else type(model).__name__
+    result = ModelSummary.from_layers(name, layers)
     if verbose and print_fn is not None:
         print_fn(str(result))
     return result

@@ -26,4 +26,6 @@ def create_model(name: str, **kwargs) -> nn.Module:
     """Build the registered model ``name`` with keyword arguments (e.g. ``num_classes=10``)."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
-    return _MODELS[name](**kwargs)
+    model = _MODELS[name](**kwargs)
+    model.name = name  # shown by onebit.summary
+    return model
