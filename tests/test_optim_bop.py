@@ -276,3 +276,19 @@ def test_bop2ndorder_ema_rates():
 def test_bop2ndorder_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Bop2ndOrder([nn.Parameter(torch.ones(1))], **kwargs)
+
+
+def test_fused_path_follows_a_gamma_schedule_without_recompiling():
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    w = nn.Parameter(torch.ones(4))
+    opt = Bop([w], gamma=0.5, threshold=1e9, fused=True)
+    expected_m = torch.zeros(4)
+    for gamma in (0.5, 0.25, 0.125):
+        opt.gamma = gamma
+        step_with(opt, [w], [torch.ones(4)])
+        expected_m = expected_m + torch.tensor(gamma) * (torch.ones(4) - expected_m)
+    assert torch.equal(opt.state[w]["exp_avg"], expected_m)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1

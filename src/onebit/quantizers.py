@@ -63,8 +63,17 @@ class _SteSignFn(torch.autograd.Function):
         return grad * mask, None
 
 
+def _needs_grad(x: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and x.requires_grad
+
+
 def ste_sign(x: torch.Tensor, clip_value: float | None = 1.0) -> torch.Tensor:
-    """Functional SteSign: sign(x) with the clipped straight-through pseudo-gradient."""
+    """Functional SteSign: sign(x) with the clipped straight-through pseudo-gradient.
+
+    Without autograd (inference, ``no_grad``) only the sign is computed, not the backward mask.
+    """
+    if not _needs_grad(x):
+        return sign(x)
     return _SteSignFn.apply(x, clip_value)
 
 
@@ -158,7 +167,7 @@ class SteSign(Quantizer):
         self.clip_value = clip_value
 
     def forward(self, x):
-        return _SteSignFn.apply(x, self.clip_value)
+        return ste_sign(x, self.clip_value)
 
 
 def _approx_sign_derivative(x):
@@ -174,6 +183,8 @@ class ApproxSign(Quantizer):
     precision = 1
 
     def forward(self, x):
+        if not _needs_grad(x):
+            return sign(x)
         return _SignWithGradFn.apply(x, _approx_sign_derivative)
 
 
@@ -196,6 +207,8 @@ class SwishSign(Quantizer):
         return b * (2.0 - bx * torch.tanh(bx / 2.0)) / (1.0 + torch.cosh(bx))
 
     def forward(self, x):
+        if not _needs_grad(x):
+            return sign(x)
         return _SignWithGradFn.apply(x, self._derivative)
 
 
@@ -218,7 +231,7 @@ class MagnitudeAwareSign(Quantizer):
     def forward(self, x):
         dims = tuple(range(1, x.dim()))
         scale = x.detach().abs().mean(dim=dims, keepdim=True) if dims else x.detach().abs()
-        return scale * _SteSignFn.apply(x, self.clip_value)
+        return scale * ste_sign(x, self.clip_value)
 
 
 class SteHeaviside(Quantizer):

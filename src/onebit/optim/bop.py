@@ -120,10 +120,13 @@ def bop(
         grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
     if fused:
         flips = []
+        # 0-dim tensors, not Python floats: a new gamma (a schedule) must not trigger a recompile.
+        gamma_t = torch.as_tensor(gamma, dtype=params[0].dtype, device=params[0].device)
+        threshold_t = torch.as_tensor(threshold, dtype=params[0].dtype, device=params[0].device)
         for w, g, m in zip(params, grads, exp_avgs):
             if w.is_contiguous() and m.is_contiguous():  # one compiled kernel for every size
                 w, g, m = w.view(-1), g.reshape(-1), m.view(-1)
-            flips.append(_fused_call(w, g, m, gamma, threshold))
+            flips.append(_fused_call(w, g, m, gamma_t, threshold_t))
         return flips
     if not foreach:
         return [_bop_single(w, g, m, gamma, threshold) for w, g, m in zip(params, grads, exp_avgs)]
