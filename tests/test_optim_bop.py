@@ -292,3 +292,19 @@ def test_fused_path_follows_a_gamma_schedule_without_recompiling():
         expected_m = expected_m + torch.tensor(gamma) * (torch.ones(4) - expected_m)
     assert torch.equal(opt.state[w]["exp_avg"], expected_m)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+
+
+def test_fused_path_on_channels_last_weights_matches_eager():
+    torch.manual_seed(0)
+    shape = (8, 3, 3, 3)
+    results = []
+    for path in (dict(foreach=False), dict(fused=True)):
+        w = nn.Parameter(torch.randn(shape).to(memory_format=torch.channels_last))
+        opt = Bop([w], gamma=0.5, threshold=1e-3, **path)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            w.grad = torch.randn(shape, generator=gen).to(memory_format=torch.channels_last)
+            opt.step()
+        assert w.is_contiguous(memory_format=torch.channels_last)
+        results.append((w.detach().clone(), opt.state[w]["exp_avg"].clone()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

@@ -89,6 +89,19 @@ _compiled = None
 FUSED_MIN_NUMEL = 1 << 20
 
 
+def _flat_views(*tensors):
+    """1-D views of same-layout dense tensors (any memory format), so one kernel fits all."""
+    first = tensors[0]
+    dense = (
+        first.is_contiguous()
+        or (first.dim() == 4 and first.is_contiguous(memory_format=torch.channels_last))
+        or (first.dim() == 5 and first.is_contiguous(memory_format=torch.channels_last_3d))
+    )
+    if not dense or any(t.stride() != first.stride() or t.shape != first.shape for t in tensors):
+        return None
+    return [t.as_strided((t.numel(),), (1,), t.storage_offset()) for t in tensors]
+
+
 def _fused_call(w, g, m, gamma, threshold):
     """Run the compiled update; fall back to eager (with a warning) where compiling fails."""
     global _compiled
@@ -124,9 +137,11 @@ def bop(
         gamma_t = torch.as_tensor(gamma, dtype=params[0].dtype, device=params[0].device)
         threshold_t = torch.as_tensor(threshold, dtype=params[0].dtype, device=params[0].device)
         for w, g, m in zip(params, grads, exp_avgs):
-            if w.is_contiguous() and m.is_contiguous():  # one compiled kernel for every size
-                w, g, m = w.view(-1), g.reshape(-1), m.view(-1)
-            flips.append(_fused_call(w, g, m, gamma_t, threshold_t))
+            flat = _flat_views(w, g, m)
+            if flat is None:  # exotic strides: eager, rather than one compile per layout
+                flips.append(_bop_single(w, g, m, gamma, threshold))
+            else:
+                flips.append(_fused_call(*flat, gamma_t, threshold_t))
         return flips
     if not foreach:
         return [_bop_single(w, g, m, gamma, threshold) for w, g, m in zip(params, grads, exp_avgs)]
