@@ -18,7 +18,8 @@ from onebit.training.config import ConfigError, apply_overrides
 
 def tiny(tmp_path, recipe="mnist-bop", **overrides):
     config = dict(load_recipe(recipe).config)
-    config.update(out=str(tmp_path), plots=False, tensorboard=False, threads=1, batch_size=32, max_steps=4, log_every=2)
+    config.update(out=str(tmp_path), plots=False, tensorboard=False, threads=1, batch_size=32, max_steps=4, log_every=2,
+                  bn_reestimate=False)
     config.update(overrides)
     return config
 
@@ -50,8 +51,10 @@ def test_run_folder_contents(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["mnist-bop", "mnist-latent"])
 def test_resume_is_bit_identical(tmp_path, recipe):
-    straight = train(tiny(tmp_path / "a", recipe, epochs=2), recipe=recipe, verbose=False)
-    first = train(tiny(tmp_path / "b", recipe, epochs=1), recipe=recipe, verbose=False)
+    # linear schedules over a fixed number of steps (a "whole run" schedule follows `epochs`)
+    fixed = dict(gamma_decay_steps=8, lr_decay_steps=8, bn_reestimate=True)
+    straight = train(tiny(tmp_path / "a", recipe, epochs=2, **fixed), recipe=recipe, verbose=False)
+    first = train(tiny(tmp_path / "b", recipe, epochs=1, **fixed), recipe=recipe, verbose=False)
     config = apply_overrides(load(f"{first['run_dir']}/last.pt")["config"], ["epochs=2"])
     resumed = train(config, recipe=recipe, resume=first["run_dir"], verbose=False)
     a, b = load(f"{straight['run_dir']}/last.pt"), load(f"{resumed['run_dir']}/last.pt")
@@ -100,7 +103,7 @@ def test_schedule_factor(kind, step, expected):
 
 
 def test_gamma_step_decay_in_epochs_drives_bop():
-    config = apply_overrides(load_recipe("mnist-bop").config, ["gamma=1e-2", "gamma_decay=step", "gamma_decay_epochs=2", "lr_decay=linear", "lr_end=0"])
+    config = apply_overrides(load_recipe("mnist-bop").config, ["gamma=1e-2", "gamma_decay=step", "gamma_decay_epochs=2", "lr=1e-2", "lr_decay=linear", "lr_end=0"])
     model = build_model(config, 10, (1, 28, 28))
     opt, bop = build_optimizer(config, model)
     scheds = build_schedulers(config, opt, bop, steps_per_epoch=5, total_steps=20)
@@ -150,3 +153,22 @@ def test_atomic_save_leaves_no_temp(tmp_path):
 def test_bad_overrides(override, match):
     with pytest.raises(ConfigError, match=match):
         apply_overrides(load_recipe("mnist-bop").config, [override])
+
+
+def test_tensorboard_events(tmp_path):
+    pytest.importorskip("tensorboard")
+    s = train(tiny(tmp_path, tensorboard=True, max_steps=2), recipe="tb", verbose=False)
+    assert list(__import__("pathlib").Path(s["run_dir"]).glob("events.out.tfevents.*"))
+
+
+def test_progress_bar_redraws_on_a_terminal(tmp_path):
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Terminal()
+    train(tiny(tmp_path, max_steps=4, log_every=2), recipe="tty", stream=out)
+    text = out.getvalue()
+    assert "\r" in text and "[" in text and "loss" in text and "test accuracy" in text

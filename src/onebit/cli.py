@@ -228,14 +228,12 @@ def cmd_summary(argv: list[str]) -> int:
         raise UsageError(
             f"unknown model or recipe {args.model!r}; models: {', '.join(list_models())}; recipes: {', '.join(list_recipes())}"
         )
-    from . import summary as summary_module
+    import importlib
 
+    model_summary = importlib.import_module("onebit.summary").summary
     model.eval()
     with torch.no_grad():
-        try:
-            result = summary_module.summary(model, (1, *shape), print_fn=None)
-        except TypeError:
-            result = summary_module.summary(model, (1, *shape))
+        result = model_summary(model, (1, *shape), print_fn=None)
     print(result)
     return 0
 

@@ -2,6 +2,7 @@
 image folders, with batched tensor augmentation and a deterministic, resumable loader."""
 
 from .datasets import (
+    AUGMENTATIONS,
     DATASETS,
     ArrayDataset,
     DataError,
@@ -18,6 +19,7 @@ from .loader import Loader
 from .transforms import pad_crop_flip, random_crop, random_flip, scale_to_unit
 
 __all__ = [
+    "AUGMENTATIONS",
     "DATASETS",
     "ArrayDataset",
     "DataError",

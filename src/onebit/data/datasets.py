@@ -28,6 +28,7 @@ import torch
 from .transforms import pad_crop_flip, scale_to_unit
 
 __all__ = [
+    "AUGMENTATIONS",
     "DATASETS",
     "ArrayDataset",
     "DataError",
@@ -41,6 +42,7 @@ __all__ = [
 ]
 
 DATASETS = ("mnist5k", "mnist", "cifar10", "imagefolder")
+AUGMENTATIONS = ("none", "pad_crop", "pad_crop_flip")
 MNIST5K_SPLIT_SEED = 20190603  # fixed: the split never depends on --seed
 MNIST5K_TRAIN = 4000
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -56,21 +58,23 @@ class ArrayDataset:
     """Images held in memory as a uint8 tensor (N, C, H, W) with int64 labels.
 
     ``augment="pad_crop_flip"`` applies the paper's CIFAR-10 training augmentation (zero-pad the
-    uint8 image by 4, random 32x32 crop, random horizontal flip) to training batches; inputs are
-    then scaled to [-1, 1] (x / 127.5 - 1), so padded pixels become -1 as in the paper's code.
+    uint8 image by ``pad`` = 4, random 32x32 crop, random horizontal flip) to training batches;
+    ``"pad_crop"`` the same without flip (random shifts, for digits). Inputs are then scaled to
+    [-1, 1] (x / 127.5 - 1), so padded pixels become -1 as in the paper's code.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes, augment: str = "none"):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes, augment: str = "none", pad: int = 4):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise DataError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
             raise DataError(f"{len(images)} images but {len(labels)} labels")
-        if augment not in ("none", "pad_crop_flip"):
-            raise DataError(f"augment={augment!r}; allowed: none, pad_crop_flip")
+        if augment not in AUGMENTATIONS:
+            raise DataError(f"augment={augment!r}; allowed: {', '.join(AUGMENTATIONS)}")
         self.images = images
         self.labels = labels.long()
         self.classes = list(classes)
         self.augment = augment
+        self.pad = pad
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -83,8 +87,8 @@ class ArrayDataset:
     def get(self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None):
         """The float batch (x in [-1, 1], y) for ``indices``; augmented when ``train``."""
         x = self.images[indices]
-        if train and self.augment == "pad_crop_flip":
-            x = pad_crop_flip(x, pad=4, generator=generator)
+        if train and self.augment != "none":
+            x = pad_crop_flip(x, pad=self.pad, flip=self.augment == "pad_crop_flip", generator=generator)
         return scale_to_unit(x), self.labels[indices]
 
 
@@ -103,6 +107,7 @@ class ImageFolderDataset:
         self.image_size = int(image_size)
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.augment = True
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -117,14 +122,14 @@ class ImageFolderDataset:
         with Image.open(path) as img:
             img = img.convert("RGB")
             w, h = img.size
-            if train:
+            if train and self.augment:
                 box = _random_resized_box(w, h, generator)
             else:
                 side = 0.875 * min(w, h)
                 box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
             img = img.resize((self.image_size, self.image_size), Image.BICUBIC, box=box)
             x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        if train and torch.rand((), generator=generator) < 0.5:
+        if train and self.augment and torch.rand((), generator=generator) < 0.5:
             x = x.flip(-1)
         return x
 
@@ -333,14 +338,29 @@ def _existing_dir(data_dir, name: str, what: str) -> Path:
     return root
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, image_size: int = 0):
-    """(train, test) data sets by name: mnist5k (bundled), mnist, cifar10, imagefolder."""
+def load_dataset(
+    name: str, data_dir: str | os.PathLike | None = None, image_size: int = 0, augment: str = "auto", pad: int = 4
+):
+    """(train, test) data sets by name: mnist5k (bundled), mnist, cifar10, imagefolder.
+
+    ``augment`` (training batches only): "auto" is each data set's default (CIFAR-10:
+    pad_crop_flip; image folders: random-resized crop + flip; MNIST: none), or none, pad_crop,
+    pad_crop_flip with ``pad`` pixels of padding (image folders: anything but none keeps theirs).
+    """
+    if augment not in ("auto",) + AUGMENTATIONS:
+        raise DataError(f"augment={augment!r}; allowed: auto, {', '.join(AUGMENTATIONS)}")
     if name == "mnist5k":
-        return load_mnist5k()
-    if name == "mnist":
-        return load_mnist_idx(data_dir)
-    if name == "cifar10":
-        return load_cifar10(data_dir)
-    if name == "imagefolder":
-        return load_imagefolder(data_dir, image_size or 224)
-    raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+        train, test = load_mnist5k()
+    elif name == "mnist":
+        train, test = load_mnist_idx(data_dir)
+    elif name == "cifar10":
+        train, test = load_cifar10(data_dir)
+    elif name == "imagefolder":
+        train, test = load_imagefolder(data_dir, image_size or 224)
+        train.augment = augment != "none"
+        return train, test
+    else:
+        raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
+    if augment != "auto":
+        train.augment, train.pad = augment, pad
+    return train, test

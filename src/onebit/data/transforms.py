@@ -30,8 +30,11 @@ def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> to
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def pad_crop_flip(x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """The paper's CIFAR-10 augmentation: zero-pad by ``pad``, random crop back, random flip."""
+def pad_crop_flip(
+    x: torch.Tensor, pad: int = 4, generator: torch.Generator | None = None, flip: bool = True
+) -> torch.Tensor:
+    """The paper's CIFAR-10 augmentation: zero-pad by ``pad``, random crop back, random flip
+    (``flip=False``: random shifts only)."""
     size = x.shape[-1]
-    padded = F.pad(x, (pad, pad, pad, pad))
-    return random_flip(random_crop(padded, size, generator), generator)
+    x = random_crop(F.pad(x, (pad, pad, pad, pad)), size, generator)
+    return random_flip(x, generator) if flip else x

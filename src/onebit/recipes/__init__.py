@@ -8,7 +8,10 @@ of ``[[runs]]`` (``label``, ``group`` and the keys that change).
 
 from __future__ import annotations
 
-import tomllib  # Python >= 3.11; on 3.10 install ``tomli`` (see docs/training.md)
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip install tomli (see docs/training.md)
+    import tomli as tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 

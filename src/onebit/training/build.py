@@ -11,12 +11,18 @@ from torch import nn
 
 from .. import constraints, quantizers
 from ..layers import QuantLayer, binary_parameters, real_parameters
+from ..data import load_dataset
 from ..metrics import FlipCounter
 from ..models import create_model, list_models
 from ..optim import Bop, CaseOptimizer
 from .config import ConfigError
 
-__all__ = ["build_model", "build_optimizer", "schedule_factor", "build_schedulers", "FlipSource", "binary_named_parameters"]
+__all__ = ["load_data", "build_model", "build_optimizer", "schedule_factor", "build_schedulers", "FlipSource", "binary_named_parameters"]
+
+
+def load_data(config: dict):
+    """(train, test) data sets of a config (dataset, data_dir, image_size, augment)."""
+    return load_dataset(config["dataset"], config["data_dir"], config["image_size"], config["augment"], config["augment_pad"])
 
 
 def _kernel_quantizer(config: dict):
@@ -99,7 +105,16 @@ def build_optimizer(config: dict, model: nn.Module):
     """(optimizer, bop): CaseOptimizer(Bop(binary), Adam/SGD(rest)) for ``optimizer="bop"``, or
     one Adam/SGD over all parameters (latent weights) with ``bop`` None."""
     if config["optimizer"] == "latent":
-        return _real_optimizer(config, list(model.parameters())), None
+        opt = _real_optimizer(config, list(model.parameters()))
+        if config["latent_lr"] > 0:  # the binary kernels' latent weights get their own group
+            binary = {id(p) for p in binary_parameters(model)}
+            groups = []
+            for g in opt.param_groups:
+                for subset, lr in (([p for p in g["params"] if id(p) not in binary], g["lr"]), ([p for p in g["params"] if id(p) in binary], config["latent_lr"])):
+                    if subset:
+                        groups.append(dict(g, params=subset, lr=lr))
+            opt = type(opt)(groups, **{k: v for k, v in opt.defaults.items() if k in ("eps", "momentum")})
+        return opt, None
     binary = list(binary_parameters(model))
     if not binary:
         raise ConfigError(

@@ -31,6 +31,8 @@ FIELDS: dict[str, Field] = {
         # data
         Field("dataset", "mnist5k", "data set", ("mnist5k", "mnist", "cifar10", "imagefolder")),
         Field("data_dir", "", "folder of the data set's files (not used by mnist5k)"),
+        Field("augment", "auto", "training augmentation (auto: CIFAR-10 pad_crop_flip, image folders random-resized crop + flip, MNIST none)", ("auto", "none", "pad_crop", "pad_crop_flip")),
+        Field("augment_pad", 4, "padding in pixels of pad_crop / pad_crop_flip"),
         Field("image_size", 0, "input side in pixels for image folders (0: the data set's own)"),
         # model
         Field("model", "small_cnn", "zoo model name (onebit list)"),
@@ -40,6 +42,7 @@ FIELDS: dict[str, Field] = {
         Field("clip_value", 1.0, "latent weights: the STE passes gradients where |w| <= clip_value; weight_clip bound"),
         Field("init_scale", 1.0, "multiply the binary kernels' initial (latent) values by this"),
         Field("bn_momentum", 0.0, "override every batch norm's torch momentum (0: keep the model's, Keras 0.99 = torch 0.01)"),
+        Field("bn_reestimate", False, "before each evaluation, recompute batch-norm statistics as exact averages over the training images"),
         Field("sync_batchnorm", False, "SyncBatchNorm across processes under torchrun"),
         # optimisation
         Field("epochs", 6, "training epochs"),
@@ -54,6 +57,7 @@ FIELDS: dict[str, Field] = {
         Field("gamma_end", 0.0, "linear decay: final gamma"),
         Field("real_optimizer", "adam", "optimizer of the real-valued parameters", ("adam", "sgd")),
         Field("lr", 1e-2, "learning rate of real_optimizer"),
+        Field("latent_lr", 0.0, "optimizer=latent: learning rate of the binary kernels' latent weights (0: lr)"),
         Field("lr_decay", "none", "lr schedule", ("none", "step", "linear")),
         Field("lr_decay_epochs", 0.0, "step: decay period; linear: duration (0: whole run), in epochs"),
         Field("lr_decay_steps", 0, "the same in optimizer steps (overrides lr_decay_epochs when > 0)"),

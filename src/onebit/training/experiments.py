@@ -12,19 +12,22 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip install tomli
+    import tomli as tomllib
 import torch
 from torch import nn
 
-from ..data import Loader, load_dataset
+from ..data import Loader
 from ..layers import QuantLayer
 from ..quantizers import precision_of
 from . import checkpoint
-from .build import build_model
+from .build import build_model, load_data
 from .config import ConfigError, parse_value, validate
 from .loop import new_run_dir, train
 from .plots import plot_compare
-from .step import evaluate
+from .step import evaluate, reestimate_batchnorm
 
 __all__ = ["run_sweep", "approximation_viewpoint", "evaluate_run", "read_run_config", "latent_view", "reestimate_batchnorm"]
 
@@ -108,24 +111,6 @@ def latent_view(model: nn.Module) -> nn.Module:
     return view
 
 
-@torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, loader, device) -> nn.Module:
-    """Reset every batch norm's running statistics and re-estimate them as exact averages over
-    ``loader`` (train-mode forward passes, no gradient, no parameter change)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-    model.train()
-    for x, _ in loader:
-        model(x.to(device))
-    for m, momentum in zip(bns, saved):
-        m.momentum = momentum
-    model.eval()
-    return model
-
-
 def approximation_viewpoint(recipe, verbose: bool = True, stream=None, run_dir=None) -> dict:
     """The reproduction study's test of the "latent weights approximate real weights" view: train
     with latent weights, then evaluate the test set (1) with binary weights, (2) with the latent
@@ -139,7 +124,7 @@ def approximation_viewpoint(recipe, verbose: bool = True, stream=None, run_dir=N
     summary = train(config, recipe=recipe.name, source=recipe.source, run_dir=run_dir, verbose=verbose, stream=stream)
     run_dir = Path(summary["run_dir"])
     ckpt = checkpoint.load(run_dir / "last.pt")
-    train_set, test_set = load_dataset(config["dataset"], config["data_dir"], config["image_size"])
+    train_set, test_set = load_data(config)
     model = build_model(config, len(train_set.classes), train_set.shape)
     model.load_state_dict(ckpt["model"])
     device = torch.device("cpu")
@@ -155,7 +140,7 @@ def approximation_viewpoint(recipe, verbose: bool = True, stream=None, run_dir=N
     result = {
         "binary_weights": acc(model),
         "latent_weights": acc(latent),
-        "latent_weights_bn_reestimated": acc(reestimate_batchnorm(latent, train_plain, device)),
+        "latent_weights_bn_reestimated": acc(reestimate_batchnorm(latent, train_plain, device).eval()),
     }
     (run_dir / "approximation.json").write_text(json.dumps(result, indent=2) + "\n")
     summary.update({f"accuracy_{k}": v for k, v in result.items()})
@@ -194,7 +179,7 @@ def evaluate_run(run_dir: str | os.PathLike, which: str = "best", overrides: dic
         raise ConfigError(f"no checkpoint in {run_dir}: expected best.pt or last.pt")
     ckpt = checkpoint.load(path)
     torch.set_num_threads(config["threads"] or os.cpu_count() or 1)
-    train_set, test_set = load_dataset(config["dataset"], config["data_dir"], config["image_size"])
+    train_set, test_set = load_data(config)
     model = build_model(config, len(train_set.classes), train_set.shape)
     model.load_state_dict(ckpt["model"])
     s = evaluate(model, Loader(test_set, max(config["batch_size"], 256), train=False), torch.device("cpu")).tolist()

@@ -36,13 +36,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..data import Loader, load_dataset
+from ..data import Loader
 from ..metrics import LOG_EPS
 from . import checkpoint, distributed
-from .build import FlipSource, build_model, build_optimizer, build_schedulers
+from .build import FlipSource, build_model, build_optimizer, build_schedulers, load_data
 from .config import to_toml, validate
 from .progress import Progress
-from .step import evaluate, make_train_step
+from .step import evaluate, make_train_step, reestimate_batchnorm
 
 __all__ = ["Interrupted", "train", "new_run_dir", "METRIC_COLUMNS"]
 
@@ -191,7 +191,7 @@ def train(
         ckpt = checkpoint.load(run_dir / "last.pt")
     _seed_everything(config["seed"])
 
-    train_set, test_set = load_dataset(config["dataset"], config["data_dir"], config["image_size"])
+    train_set, test_set = load_data(config)
     model = build_model(config, len(train_set.classes), train_set.shape).to(device)
     optimizer, bop = build_optimizer(config, model)
     train_loader = Loader(train_set, config["batch_size"], train=True, seed=config["seed"], rank=dist.rank, world_size=dist.world_size)
@@ -309,6 +309,8 @@ def train(
             mean_ratio = float(step_totals.mean()) / n_binary if n_binary else 0.0
             test_loss = test_acc = None
             if (epoch + 1) % config["eval_every"] == 0 or epoch + 1 == epochs:
+                if config["bn_reestimate"]:
+                    reestimate_batchnorm(model, Loader(train_set, test_loader.batch_size, train=False, rank=dist.rank, world_size=dist.world_size), device)
                 t = distributed.all_reduce_sum(evaluate(net, test_loader, device), dist).tolist()
                 test_loss, test_acc = t[0] / t[2], t[1] / t[2]
             lrs = [g["lr"] for o in (optimizer.optimizers if bop is not None else [optimizer]) if o is not bop for g in o.param_groups]

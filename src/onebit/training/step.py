@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["make_train_step", "evaluate"]
+__all__ = ["make_train_step", "evaluate", "reestimate_batchnorm"]
 
 
 def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, schedulers=()):
@@ -43,3 +43,23 @@ def evaluate(model: nn.Module, loader, device: torch.device) -> torch.Tensor:
         sums[2] += len(y)
     model.train(was_training)
     return sums
+
+
+@torch.no_grad()
+def reestimate_batchnorm(model: nn.Module, loader, device) -> nn.Module:
+    """Reset every batch norm's running statistics and re-estimate them as exact averages over
+    ``loader`` (train-mode forward passes, no gradient, no parameter change); returns ``model``
+    in the mode it was in."""
+    was_training = model.training
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    model.train()
+    for x, _ in loader:
+        model(x.to(device))
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    model.train(was_training)
+    return model
