@@ -19,7 +19,7 @@ from onebit.training.config import ConfigError, apply_overrides
 def tiny(tmp_path, recipe="mnist-bop", **overrides):
     config = dict(load_recipe(recipe).config)
     config.update(out=str(tmp_path), plots=False, tensorboard=False, threads=1, batch_size=32, max_steps=4, log_every=2,
-                  bn_reestimate=False)
+                  bn_reestimate=0)
     config.update(overrides)
     return config
 
@@ -52,7 +52,7 @@ def test_run_folder_contents(tmp_path):
 @pytest.mark.parametrize("recipe", ["mnist-bop", "mnist-latent"])
 def test_resume_is_bit_identical(tmp_path, recipe):
     # linear schedules over a fixed number of steps (a "whole run" schedule follows `epochs`)
-    fixed = dict(gamma_decay_steps=8, lr_decay_steps=8, bn_reestimate=True)
+    fixed = dict(gamma_decay_steps=8, lr_decay_steps=8, bn_reestimate=256)
     straight = train(tiny(tmp_path / "a", recipe, epochs=2, **fixed), recipe=recipe, verbose=False)
     first = train(tiny(tmp_path / "b", recipe, epochs=1, **fixed), recipe=recipe, verbose=False)
     config = apply_overrides(load(f"{first['run_dir']}/last.pt")["config"], ["epochs=2"])

@@ -42,7 +42,7 @@ from . import checkpoint, distributed
 from .build import FlipSource, build_model, build_optimizer, build_schedulers, load_data
 from .config import to_toml, validate
 from .progress import Progress
-from .step import evaluate, make_train_step, reestimate_batchnorm
+from .step import evaluate, make_train_step, reestimate_batchnorm, to_device
 
 __all__ = ["Interrupted", "train", "new_run_dir", "METRIC_COLUMNS"]
 
@@ -192,7 +192,10 @@ def train(
     _seed_everything(config["seed"])
 
     train_set, test_set = load_data(config)
+    cl = config["channels_last"]
     model = build_model(config, len(train_set.classes), train_set.shape).to(device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
     optimizer, bop = build_optimizer(config, model)
     train_loader = Loader(train_set, config["batch_size"], train=True, seed=config["seed"], rank=dist.rank, world_size=dist.world_size)
     test_loader = Loader(test_set, max(config["batch_size"], 256), train=False, rank=dist.rank, world_size=dist.world_size)
@@ -278,7 +281,7 @@ def train(
             for b, (x, y) in enumerate(train_loader.batches(start), start=start):
                 if b >= steps_per_epoch:
                     break
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                x, y = to_device(x, device, cl), y.to(device, non_blocking=True)
                 loss, correct = train_step(x, y)
                 sums[0] += loss.double() * len(y)
                 sums[1] += correct
@@ -310,8 +313,10 @@ def train(
             test_loss = test_acc = None
             if (epoch + 1) % config["eval_every"] == 0 or epoch + 1 == epochs:
                 if config["bn_reestimate"]:
-                    reestimate_batchnorm(model, Loader(train_set, test_loader.batch_size, train=False, rank=dist.rank, world_size=dist.world_size), device)
-                t = distributed.all_reduce_sum(evaluate(net, test_loader, device), dist).tolist()
+                    n = config["bn_reestimate"] // dist.world_size if config["bn_reestimate"] > 0 else -1
+                    plain = Loader(train_set, test_loader.batch_size, train=False, rank=dist.rank, world_size=dist.world_size)
+                    reestimate_batchnorm(model, plain, device, n, cl)
+                t = distributed.all_reduce_sum(evaluate(net, test_loader, device, cl), dist).tolist()
                 test_loss, test_acc = t[0] / t[2], t[1] / t[2]
             lrs = [g["lr"] for o in (optimizer.optimizers if bop is not None else [optimizer]) if o is not bop for g in o.param_groups]
             row = {
