@@ -4,8 +4,8 @@
 
 Trains the mnist-bop recipe with the overrides through ``onebit.training.train`` and saves this
 rank's final model state to ``OUT/rank<R>.pt`` (so the test can compare replicas). MODE:
-``ok``; ``fail`` (rank 1 raises at its 3rd optimizer step); ``diverge`` (rank 1 flips one extra
-binary weight at its 3rd optimizer step, which the replica check must catch).
+``ok``; ``fail`` (rank 1 raises at its 4th optimizer step); ``diverge`` (rank 1 flips one extra
+binary weight after its 4th optimizer step, which the replica check must catch).
 """
 
 import os
@@ -43,7 +43,7 @@ def main() -> int:
         def patched(self, *a, **k):
             result = step(self, *a, **k)
             calls[0] += 1
-            if calls[0] == 3:
+            if calls[0] == 4:
                 if mode == "fail":
                     raise RuntimeError("injected failure on rank 1")
                 with torch.no_grad():

@@ -43,7 +43,7 @@ FIELDS: dict[str, Field] = {
         Field("init_scale", 1.0, "multiply the binary kernels' initial (latent) values by this"),
         Field("bn_momentum", 0.0, "override every batch norm's torch momentum (0: keep the model's, Keras 0.99 = torch 0.01)"),
         Field("bn_reestimate", 0, "before each evaluation, recompute batch-norm statistics as exact averages over this many training images (0: off, -1: all)"),
-        Field("sync_batchnorm", False, "SyncBatchNorm across processes under torchrun"),
+        Field("sync_batchnorm", False, "SyncBatchNorm across processes under torchrun (alias sync_bn)"),
         # optimisation
         Field("epochs", 6, "training epochs"),
         Field("batch_size", 64, "GLOBAL batch size (split across torchrun processes)"),
@@ -76,6 +76,7 @@ FIELDS: dict[str, Field] = {
         Field("tensorboard", True, "write TensorBoard events when tensorboard is installed"),
         Field("plots", True, "write accuracy/flip PNG plots at the end"),
         Field("out", "runs", "root folder of run folders (runs/<recipe>/<timestamp>/)"),
+        Field("check_replicas_every", 100, "under torchrun: compare a checksum of the binary weights across processes every N steps and at each epoch end; a difference stops the run (0: off)"),
         Field("max_steps", 0, "stop each epoch after this many steps (0: full epochs; for quick tests)"),
     ]
 }
@@ -137,14 +138,18 @@ def validate(config: dict) -> dict:
     return config
 
 
+ALIASES = {"sync_bn": "sync_batchnorm"}
+
+
 def apply_overrides(config: dict, overrides: list[str]) -> dict:
-    """Apply ``key=value`` strings to a copy of ``config``."""
+    """Apply ``key=value`` strings to a copy of ``config`` (``ALIASES`` name keys too)."""
     config = dict(config)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"bad override {item!r}: expected key=value (keys: {_allowed_keys()})")
         key, text = item.split("=", 1)
-        config[key.strip()] = parse_value(key.strip(), text)
+        key = ALIASES.get(key.strip(), key.strip())
+        config[key] = parse_value(key, text)
     return validate(config)
 
 

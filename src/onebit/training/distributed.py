@@ -203,21 +203,39 @@ def sync_buffers(model: nn.Module, d: Dist, average: bool) -> None:
                 dist.broadcast(buf, src=0)
 
 
-class _GlooSyncBatchNorm(nn.SyncBatchNorm):
-    """SyncBatchNorm that also runs on CPU (gloo): batch statistics are summed over ranks with an
-    autograd-aware all-reduce (float64 sums of x and x^2), so a 2-rank batch of B/2 + B/2 examples
-    normalizes as one batch of B. CUDA inputs and eval mode use torch's own path."""
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose gradient is the sum over ranks of the gradients (as torch's SyncBatchNorm)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+class _GlooSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """SyncBatchNorm for CPU (gloo; torch's runs on GPUs only): batch statistics are summed over
+    ranks with an autograd-aware all-reduce (float64 sums of x and x^2), so a 2-rank batch of
+    B/2 + B/2 examples normalizes as one batch of B. Eval mode and one process: plain batch norm."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda or not self.training or not dist.is_initialized() or dist.get_world_size() < 2:
+        if not self.training or not dist.is_initialized() or dist.get_world_size() < 2:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         xd = x.double()
         count = torch.full((1,), x.numel() // c, dtype=torch.float64, device=x.device)
-        total = all_reduce(torch.cat([xd.sum(dims), (xd * xd).sum(dims), count]))
+        total = _AllReduceSum.apply(torch.cat([xd.sum(dims), (xd * xd).sum(dims), count]))
         n = total[-1]
         mean = total[:c] / n
         var = (total[c : 2 * c] / n - mean * mean).clamp_min(0)
@@ -243,9 +261,12 @@ class _GlooSyncBatchNorm(nn.SyncBatchNorm):
         return self.momentum
 
 
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Every batch norm of ``module`` as a SyncBatchNorm (torch's on CUDA, a gloo one on CPU),
-    sharing the parameters and buffers (optimizers and checkpoints keep working)."""
+def convert_sync_batchnorm(module: nn.Module, device: torch.device | None = None) -> nn.Module:
+    """Every batch norm of ``module`` synchronized across processes: torch's SyncBatchNorm on CUDA,
+    ``_GlooSyncBatchNorm`` on CPU; both share the parameters and buffers of the batch norms they
+    replace (optimizers and checkpoints keep working; state-dict keys are unchanged)."""
+    if device is not None and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         out = _GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)

@@ -180,10 +180,10 @@ def train(
     started = time.perf_counter()
     stream = stream if stream is not None else sys.stdout
     config = validate(dict(config))
-    torch.set_num_threads(config["threads"] or os.cpu_count() or 1)
-    device = _device(config["device"])
-    dist = distributed.setup(device)
-    main = dist.is_main
+    torch.set_num_threads(config["threads"] or distributed.default_threads())
+    dist = distributed.setup(_device(config["device"]))
+    device, main = dist.device, dist.is_main
+    distributed.local_batch(config["batch_size"], dist)  # a clear error when the global batch does not divide
 
     ckpt = None
     if resume is not None:
@@ -217,7 +217,7 @@ def train(
     net = model
     if dist.enabled:
         if config["sync_batchnorm"]:
-            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+            net = distributed.convert_sync_batchnorm(net, device)  # torch's on CUDA, gloo's on CPU
         net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dist.local_rank] if device.type == "cuda" else None)
     net.train()
     train_step = make_train_step(net, optimizer, schedulers)
@@ -227,10 +227,17 @@ def train(
         run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config["out"], recipe)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(
-            to_toml({"recipe": {"name": recipe, "source": source, "onebit": __version__}, "config": config})
+            to_toml({
+                "recipe": {"name": recipe, "source": source, "onebit": __version__}, "config": config,
+                "distributed": distributed.describe(config["batch_size"], dist),
+            })
         )
         _truncate_flips(run_dir / "flips.csv", state["epoch"])
         writer = _tensorboard(run_dir, config["tensorboard"])
+    run_dir = Path(distributed.broadcast_object(str(run_dir) if main else None, dist))
+    # collectives at log points must run on every rank: all ranks follow rank 0's terminal
+    live_progress = distributed.broadcast_object(bool(verbose and main and hasattr(stream, "isatty") and stream.isatty()), dist)
+    check_every = config["check_replicas_every"] if dist.enabled else 0
 
     def say(text: str) -> None:
         if verbose and main:
@@ -244,8 +251,9 @@ def train(
     )
     say(
         f"onebit {recipe}: {config['model']} on {config['dataset']} ({len(train_set)} train / {len(test_set)} test), "
-        f"{opt_text}, batch {config['batch_size']}, {epochs} epochs, {n_binary:,} binary weights"
-        + (f", {dist.world_size} processes" if dist.enabled else "")
+        f"{opt_text}, batch {config['batch_size']}"
+        + (f" ({config['batch_size'] // dist.world_size} per process x {dist.world_size} processes)" if dist.enabled else "")
+        + f", {epochs} epochs, {n_binary:,} binary weights"
     )
     if ckpt is not None:
         say(f"resuming {run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}")
@@ -271,7 +279,7 @@ def train(
             flips = torch.zeros(steps_per_epoch, len(flip_source), dtype=torch.int64, device=device)
             seconds = 0.0
             partial = state["partial"] if epoch == state["epoch"] else None
-            if partial is not None:
+            if partial is not None and main:  # saved sums are global: rank 0 carries them
                 sums.copy_(partial["sums"])
                 flips.copy_(partial["flips"])
                 seconds = partial["seconds"]
@@ -287,18 +295,24 @@ def train(
                 sums[1] += correct
                 sums[2] += len(y)
                 if len(flip_source):
-                    flips[b] = flip_source.read()
+                    flips[b] = flip_source.read()  # Bop's flips: the same on every rank (checked below)
                 state["step"] += 1
-                if (b + 1) % config["log_every"] == 0 and progress.tty:
+                if check_every and state["step"] % check_every == 0:
+                    distributed.check_replicas(flip_source.params, flip_source.names, dist, state["step"])
+                if (b + 1) % config["log_every"] == 0 and live_progress:
                     s = distributed.all_reduce_sum(sums.clone(), dist).tolist()
                     progress.update(b + 1, f"loss {s[0] / s[2]:.4f} acc {100 * s[1] / s[2]:.2f}%")
                 else:
                     progress.update(b + 1)
                 if on_step is not None:
                     on_step(epoch, b, state["step"])
-                if stop.requested:
+                stopping = stop.requested
+                if dist.enabled:  # every rank stops at the same step (agreed at log points)
+                    stopping = (b + 1) % config["log_every"] == 0 and distributed.any_rank(stopping, dist)
+                if stopping:
                     seconds += time.perf_counter() - t_epoch
-                    part = {"sums": sums.cpu(), "flips": flips.cpu(), "seconds": seconds}
+                    total = distributed.all_reduce_sum(sums.clone(), dist)
+                    part = {"sums": total.cpu(), "flips": flips.cpu(), "seconds": seconds}
                     if main:
                         checkpoint.save_atomic(make_checkpoint(epoch, b + 1, part), run_dir / "last.pt")
                     if writer is not None:
@@ -307,15 +321,21 @@ def train(
             seconds += time.perf_counter() - t_epoch
 
             s = distributed.all_reduce_sum(sums.clone(), dist).tolist()
+            if dist.enabled and config["check_replicas_every"]:
+                distributed.check_replicas(flip_source.params, flip_source.names, dist, state["step"])
             flips_host = flips.cpu().numpy()
             step_totals = flips_host.sum(1)
             mean_ratio = float(step_totals.mean()) / n_binary if n_binary else 0.0
             test_loss = test_acc = None
             if (epoch + 1) % config["eval_every"] == 0 or epoch + 1 == epochs:
                 if config["bn_reestimate"]:
-                    n = config["bn_reestimate"] // dist.world_size if config["bn_reestimate"] > 0 else -1
+                    # the same number of examples on every rank (synchronized batch norms need equal batch counts)
+                    n = (config["bn_reestimate"] if config["bn_reestimate"] > 0 else len(train_set)) // dist.world_size
                     plain = Loader(train_set, test_loader.batch_size, train=False, rank=dist.rank, world_size=dist.world_size)
                     reestimate_batchnorm(model, plain, device, n, cl)
+                # every rank evaluates (and rank 0 saves) the same statistics: averaged over ranks,
+                # or rank 0's when batch norms are synchronized
+                distributed.sync_buffers(model, dist, average=not config["sync_batchnorm"])
                 t = distributed.all_reduce_sum(evaluate(net, test_loader, device, cl), dist).tolist()
                 test_loss, test_acc = t[0] / t[2], t[1] / t[2]
             lrs = [g["lr"] for o in (optimizer.optimizers if bop is not None else [optimizer]) if o is not bop for g in o.param_groups]
