@@ -159,7 +159,11 @@ def cmd_train(argv: list[str], default_recipe: str | None = None) -> int:
             else:
                 summary = train(recipe.config, recipe=recipe.name, source=recipe.source, verbose=verbose)
     except Interrupted as e:
-        sys.stderr.write(f"onebit: {e}; continue with: onebit train --resume {e.run_dir}\n")
+        import os
+
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: once, with the launcher to rerun
+            launcher = "torchrun ... -m onebit" if "TORCHELASTIC_RUN_ID" in os.environ else "onebit"
+            sys.stderr.write(f"onebit: {e}; continue with: {launcher} train --resume {e.run_dir}\n")
         return 130
     if not verbose:
         if "runs" in summary:
