@@ -30,6 +30,7 @@ def run_cli(capsys, *args):
         (["train", "--resume", "/nonexistent/run"], "expected a run folder with last.pt"),
         (["train", "dataset=mnist"], "needs data_dir"),
         (["frobnicate"], "unknown command 'frobnicate'; allowed: train, list"),
+        (["export", "/nonexistent/run", "x.obe"], "/nonexistent/run"),
         (["summary", "resnet9000"], "unknown model or recipe 'resnet9000'; models: "),
         (["eval", "/nonexistent/run"], "not a onebit run folder"),
         (["summary", "small_cnn", "--input-size", "abc"], "expected C,H,W"),
@@ -84,6 +85,12 @@ def test_train_eval_plot_resume(capsys, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
     code, out, _ = run_cli(capsys, "plot", str(run_dir), str(run_dir), "--out", str(tmp_path / "cmp.png"))
     assert code == 0 and (run_dir / "accuracy.png").is_file() and (tmp_path / "cmp.png").is_file()
+    engine_file = tmp_path / "model.obe"
+    code, out, err = run_cli(capsys, "export", str(run_dir), str(engine_file))
+    assert code == 0 and engine_file.is_file(), err
+    code, out, err = run_cli(capsys, "bench-engine", str(engine_file), "--batch", "1", "--repeats", "1",
+                             "--threads", "1", "--backend", "numpy")
+    assert code == 0 and "ms" in out, err
 
 
 def test_ctrl_c_exit_code(capsys, tmp_path, monkeypatch):

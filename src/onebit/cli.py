@@ -278,7 +278,27 @@ def cmd_plot(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "list": cmd_list, "summary": cmd_summary, "eval": cmd_eval, "plot": cmd_plot}
+def cmd_export(argv: list[str]) -> int:
+    from .engine.cli import cmd_export as run
+
+    return run(argv)
+
+
+def cmd_bench_engine(argv: list[str]) -> int:
+    from .engine.cli import cmd_bench_engine as run
+
+    return run(argv)
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "list": cmd_list,
+    "summary": cmd_summary,
+    "eval": cmd_eval,
+    "plot": cmd_plot,
+    "export": cmd_export,
+    "bench-engine": cmd_bench_engine,
+}
 
 USAGE = """usage: onebit COMMAND [...]
 
@@ -288,6 +308,8 @@ commands:
   summary MODEL|RECIPE             layer table: bits, memory, binary/float MACs
   eval RUN_DIR                     test accuracy of a run's best checkpoint
   plot RUN_DIR [RUN_DIR ...]       accuracy and log-flip-ratio plots
+  export RUN_DIR FILE [--onnx F]   bit-packed engine file (1 bit per binary weight), runs without torch
+  bench-engine FILE|MODEL|RUN_DIR  engine vs torch fp32 timings (--batch 1 50 --threads 2)
   approximation-viewpoint          the reproduction study's experiments (= onebit train NAME)
   lr-invariance
 
