@@ -59,8 +59,8 @@ def main() -> None:
     floor = rows[0][1] * 5 / 3
     rows.append(("floor: Bop's 5 passes", floor))
     for label, kwargs in [
-        ("Bop single-tensor", dict(foreach=False)),
-        ("Bop foreach", dict(foreach=True, fused=False)),
+        ("Bop single-tensor (eager)", dict(foreach=False, fused=False)),
+        ("Bop foreach (eager)", dict(foreach=True, fused=False)),
         ("Bop fused (default here)", dict()),
     ]:
         params = fresh()
