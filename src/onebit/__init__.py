@@ -1,6 +1,8 @@
 """onebit: binarized neural networks in PyTorch, trained with Bop.
 
-Public API (re-exports only): quantizers, quantized layers, constraints, optimizers, metrics.
+Public API (re-exports only): quantizers, quantized layers, constraints, optimizers, metrics,
+the model zoo and summary, and the bit-packed engine. Without torch installed only
+``onebit.engine`` (the numpy runtime of exported files) is available.
 """
 
 try:
