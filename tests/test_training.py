@@ -192,3 +192,16 @@ def test_channels_last_speedup_keeps_the_loss_curve(tmp_path):
         assert abs(a - b) <= 0.05 * max(a, b), (fast_loss, plain_loss)
     # Measured here: losses within 2%, test accuracy 0.939 vs 0.938.
     assert abs(fast_acc - plain_acc) <= 0.03 and min(fast_acc, plain_acc) > 0.85, (fast_acc, plain_acc)
+
+
+@pytest.mark.parametrize("setting, fused", [("auto", None), ("on", True), ("off", False)])
+def test_bop_fused_switch(setting, fused):
+    config = apply_overrides(load_recipe("mnist-bop").config, [f"bop_fused={setting}"])
+    model = build_model(config, 10, (1, 28, 28))
+    _, bop = build_optimizer(config, model)
+    assert all(group["fused"] is fused for group in bop.param_groups)
+
+
+def test_bop_fused_bad_value():
+    with pytest.raises(ConfigError, match="bad value bop_fused='maybe'; allowed: auto, on, off"):
+        apply_overrides(load_recipe("mnist-bop").config, ["bop_fused=maybe"])

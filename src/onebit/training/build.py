@@ -121,7 +121,8 @@ def build_optimizer(config: dict, model: nn.Module):
             f"model {config['model']!r} has no binary kernels for Bop (kernel_quantizer={config['kernel_quantizer']!r}); "
             "use optimizer=latent or a 1-bit kernel_quantizer"
         )
-    bop = Bop(binary, gamma=config["gamma"], threshold=config["threshold"])
+    fused = {"auto": None, "on": True, "off": False}[config.get("bop_fused", "auto")]
+    bop = Bop(binary, gamma=config["gamma"], threshold=config["threshold"], fused=fused)
     real = list(real_parameters(model))
     if not real:
         return CaseOptimizer(bop), bop

@@ -50,6 +50,7 @@ FIELDS: dict[str, Field] = {
         Field("optimizer", "bop", "bop: Bop for binary kernels + real_optimizer for the rest; latent: real_optimizer for all", ("bop", "latent")),
         Field("gamma", 1e-3, "Bop adaptivity rate"),
         Field("threshold", 1e-6, "Bop threshold tau"),
+        Field("bop_fused", "auto", "Bop's compiled one-pass step: auto (param groups >= 2^20 weights), on, off", ("auto", "on", "off")),
         Field("gamma_decay", "none", "gamma schedule", ("none", "step", "linear")),
         Field("gamma_decay_epochs", 0.0, "step: decay period; linear: duration (0: whole run), in epochs"),
         Field("gamma_decay_steps", 0, "the same in optimizer steps (overrides gamma_decay_epochs when > 0)"),
