@@ -56,20 +56,17 @@ def _as_param_list(params, owner):
     return params
 
 
-def _new_weight_sign(w: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """+/-1 of the new weight: sign(w) with sign(0) = +1, negated where ``flip``."""
-    return torch.where(torch.logical_xor(w < 0, flip), -1.0, 1.0).to(w.dtype)
-
-
-def _one(w: torch.Tensor) -> torch.Tensor:
-    return torch.ones((), dtype=w.dtype, device=w.device)
+def _write_signs(w: torch.Tensor, flip: torch.Tensor) -> None:
+    """In place: w <- sign(w) (sign(0) = +1), negated where ``flip``; w is read before written."""
+    one = torch.ones((), dtype=w.dtype, device=w.device)
+    torch.where(torch.logical_xor(w < 0, flip), -one, one, out=w)
 
 
 def _bop_single(w, g, m, gamma, threshold):
     """One parameter's Bop update in place; returns the number of flips (0-dim int64)."""
     m.add_(torch.sub(g, m).mul_(gamma))
     flip = torch.mul(w, m) > threshold
-    torch.where(torch.logical_xor(w < 0, flip), -_one(w), _one(w), out=w)
+    _write_signs(w, flip)
     return flip.sum()
 
 
@@ -153,7 +150,7 @@ def bop(
     flips = []
     for w, prod in zip(params, products):
         flip = prod > threshold
-        torch.where(torch.logical_xor(w < 0, flip), -_one(w), _one(w), out=w)
+        _write_signs(w, flip)
         flips.append(flip.sum())
     return flips
 
@@ -316,7 +313,7 @@ class Bop2ndOrder(Optimizer):
                 m.lerp_(g, group["lr"])
                 v.lerp_(g * g, group["sigma"])
                 flip = w * m / (v.sqrt() + group["eps"]) > group["threshold"]
-                w.copy_(_new_weight_sign(w, flip))
+                _write_signs(w, flip)
                 state["flips"] = flip.sum()
                 flips.append(state["flips"])
         self.last_flips = torch.stack(flips).sum() if flips else None
