@@ -152,31 +152,26 @@ class _QuantConvNd(QuantLayer):
             )
         self._init_quant(input_quantizer, kernel_quantizer, kernel_constraint, pad_values)
 
+    def _same_pads(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
+        return [
+            same_padding(spatial[i], self.kernel_size[i], self.stride[i], self.dilation[i])
+            for i in range(len(self.kernel_size))
+        ]
+
     def explicit_padding(self, spatial: tuple[int, ...]) -> list[tuple[int, int]] | None:
         """(before, after) per spatial dim when the layer pads by itself, else None (torch pads)."""
-        n = len(self.kernel_size)
         if self.padding == "same":
-            pads = [
-                same_padding(spatial[i], self.kernel_size[i], self.stride[i], self.dilation[i])
-                for i in range(n)
-            ]
             if self.pad_values == 0.0 and all(s == 1 for s in self.stride):
                 return None
-            return pads
+            return self._same_pads(spatial)
         if self.pad_values != 0.0 and any(self.padding):
             return [(p, p) for p in self.padding]
         return None
 
     def padding_for(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
         """(before, after) padding per spatial dim for an input of this spatial size."""
-        pads = self.explicit_padding(spatial)
-        if pads is not None:
-            return pads
         if self.padding == "same":
-            return [
-                same_padding(spatial[i], self.kernel_size[i], self.stride[i], self.dilation[i])
-                for i in range(len(self.kernel_size))
-            ]
+            return self._same_pads(spatial)
         return [(p, p) for p in self.padding]
 
     def forward(self, x):
