@@ -57,6 +57,19 @@ def _label(run_dir: Path) -> str:
     return f"{run_dir.parent.name}/{run_dir.name}"
 
 
+def _finish(plt, fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """Label, grid and legend one single-axes figure, save it as PNG and close it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     """Write ``accuracy.png`` and ``flips.png`` into ``run_dir``; returns their paths."""
     plt = _matplotlib()
@@ -68,15 +81,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     ax.plot(epochs, _floats(rows, "train_accuracy"), "o-", label="train")
     test = _floats(rows, "test_accuracy")
     ax.plot(epochs[~np.isnan(test)], test[~np.isnan(test)], "s-", label="test")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
-    ax.set_title(_label(run_dir))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    out.append(run_dir / "accuracy.png")
-    fig.savefig(out[-1], dpi=100)
-    plt.close(fig)
+    out.append(_finish(plt, fig, ax, "epoch", "accuracy", _label(run_dir), run_dir / "accuracy.png"))
 
     steps, ratio = read_flips(run_dir)
     if len(steps):
@@ -85,15 +90,8 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
         window = max(1, len(steps) // 50)
         if window > 1:
             ax.plot(steps[window - 1 :], _smooth(ratio, window), lw=1.5, label=f"mean of {window}")
-        ax.set_xlabel("step")
-        ax.set_ylabel("log flip ratio  ln(flips / n + 1e-9)")
-        ax.set_title(_label(run_dir))
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        out.append(run_dir / "flips.png")
-        fig.savefig(out[-1], dpi=100)
-        plt.close(fig)
+        out.append(_finish(plt, fig, ax, "step", "log flip ratio  ln(flips / n + 1e-9)", _label(run_dir),
+                           run_dir / "flips.png"))
     return out
 
 
