@@ -37,18 +37,21 @@ def popcount(typingctx, x):
 
 
 @njit(cache=True, fastmath=True, inline="always")
-def _emit(dots, n_out, mode, mul, add, sgn, thr, out_f, out_b):
-    """Write one pixel's dots: float (mode 0) into out_f or threshold bits (mode 1) into out_b."""
+def _emit(dots, n_out, mode, mul, add, t2, flip, out_f, out_b):
+    """Write one pixel's dots: float (mode 0) into out_f or threshold bits (mode 1) into out_b.
+
+    Bits use the branch-free form ``(d < t2) != flip`` (see ``bit_thresholds``) with ``t2`` and
+    ``flip`` padded to whole words, so both loops vectorize (int32 -> float32 converts in SIMD)."""
     if mode == 0:
         for o in range(n_out):
-            out_f[o] = np.float32(dots[o]) * mul[o] + add[o]
+            out_f[o] = np.float32(np.int32(dots[o])) * mul[o] + add[o]
     else:
         for q in range(out_b.shape[0]):
             word = np.uint64(0)
             for b in range(64):
                 o = q * 64 + b
-                if o < n_out and sgn[o] * dots[o] < thr[o]:
-                    word |= np.uint64(1) << np.uint64(b)
+                bit = np.uint64((dots[o] < t2[o]) != flip[o])
+                word |= bit << np.uint64(b)
             out_b[q] = word
 
 
@@ -76,11 +79,11 @@ def _gather(x, n, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, patch, oob):
 
 
 @njit(cache=True, inline="always")
-def _to_dots(acc, n_oob, oob, wpc, c_in, taps, pad_one):
+def _to_dots(acc, n_out, n_oob, oob, wpc, c_in, taps, pad_one):
     """Popcounts -> dots in place: K - 2 pc, or over the valid taps only for zero padding."""
     if n_oob > 0 and not pad_one:
         k_valid = c_in * (taps - n_oob)
-        for o in range(acc.shape[0]):
+        for o in range(n_out):
             corr = 0
             for t in range(taps):
                 if oob[t]:
@@ -88,13 +91,13 @@ def _to_dots(acc, n_oob, oob, wpc, c_in, taps, pad_one):
             acc[o] = k_valid - 2 * (acc[o] - corr)
     else:
         k_full = c_in * taps
-        for o in range(acc.shape[0]):
+        for o in range(n_out):
             acc[o] = k_full - 2 * acc[o]
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _bconv2d(x, wt, wpc, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, mode, mul, add, sgn,
-             thr, out_f, out_b):
+def _bconv2d(x, wt, wpc, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, mode, mul, add, t2,
+             flip, out_f, out_b):
     """Threads over output rows; two output pixels at a time share each kernel word loaded, and
     the innermost loop runs over output channels (``wt`` is (kh*kw*words, O)), so it vectorizes
     without horizontal sums."""
@@ -106,8 +109,9 @@ def _bconv2d(x, wt, wpc, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, 
         oh = row % ho
         patch0 = np.empty(kwords, dtype=np.uint64)
         patch1 = np.empty(kwords, dtype=np.uint64)
-        acc0 = np.empty(n_out, dtype=np.int64)
-        acc1 = np.empty(n_out, dtype=np.int64)
+        n_acc = t2.shape[0] if mode == 1 else n_out  # whole output words for bits
+        acc0 = np.zeros(n_acc, dtype=np.int64)
+        acc1 = np.zeros(n_acc, dtype=np.int64)
         oob0 = np.zeros(taps, dtype=np.bool_)
         oob1 = np.zeros(taps, dtype=np.bool_)
         for ow0 in range(0, wo, 2):
@@ -124,11 +128,11 @@ def _bconv2d(x, wt, wpc, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, 
                     wv = wt[k, o]
                     acc0[o] += popcount(p0 ^ wv)
                     acc1[o] += popcount(p1 ^ wv)
-            _to_dots(acc0, n0, oob0, wpc, c_in, taps, pad_one)
-            _emit(acc0, n_out, mode, mul, add, sgn, thr, out_f[n, oh, ow0], out_b[n, oh, ow0])
+            _to_dots(acc0, n_out, n0, oob0, wpc, c_in, taps, pad_one)
+            _emit(acc0, n_out, mode, mul, add, t2, flip, out_f[n, oh, ow0], out_b[n, oh, ow0])
             if ow1 != ow0:
-                _to_dots(acc1, n1, oob1, wpc, c_in, taps, pad_one)
-                _emit(acc1, n_out, mode, mul, add, sgn, thr, out_f[n, oh, ow1], out_b[n, oh, ow1])
+                _to_dots(acc1, n_out, n1, oob1, wpc, c_in, taps, pad_one)
+                _emit(acc1, n_out, mode, mul, add, t2, flip, out_f[n, oh, ow1], out_b[n, oh, ow1])
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -144,10 +148,9 @@ def _bdense_dots(x, w, k, dots):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _bdense_emit(dots, mode, mul, add, sgn, thr, out_f, out_b):
-    n_img, n_out = dots.shape
-    for n in prange(n_img):
-        _emit(dots[n], n_out, mode, mul, add, sgn, thr, out_f[n], out_b[n])
+def _bdense_emit(dots, n_out, mode, mul, add, t2, flip, out_f, out_b):
+    for n in prange(dots.shape[0]):
+        _emit(dots[n], n_out, mode, mul, add, t2, flip, out_f[n], out_b[n])
 
 
 @njit(parallel=True, cache=True)
@@ -175,12 +178,30 @@ def _maxpool_bits(x, kh, kw, sh, sw, pt, pl, ho, wo, and_mask, out):
 
 _DUMMY_F = np.zeros((1,), np.float32)
 _DUMMY_I = np.zeros((1,), np.int64)
+_DUMMY_B = np.zeros((1,), np.bool_)
 
 
-def _mode_args(n_out, mode, mul, add, sgn, thr):
+def bit_thresholds(sgn, thr):
+    """(sgn, thr) of ``bit = sgn * d < thr`` (sgn = +/-1) -> (t2, flip) of ``bit = (d < t2) != flip``,
+    padded to whole 64-bit words with channels whose bit is always 0. For sgn = -1,
+    ``-d < thr`` is ``not d < 1 - thr`` on integers."""
+    sgn = np.asarray(sgn, np.int64)
+    thr = np.asarray(thr, np.int64)
+    if not np.isin(sgn, (-1, 1)).all():
+        raise ValueError(f"threshold signs must be +1 or -1, got {sorted(set(sgn.tolist()))}")
+    n_pad = -(-sgn.shape[0] // 64) * 64
+    t2 = np.full(n_pad, np.iinfo(np.int64).min, np.int64)
+    flip = np.zeros(n_pad, np.bool_)
+    t2[: sgn.shape[0]] = np.where(sgn > 0, thr, 1 - thr)
+    flip[: sgn.shape[0]] = sgn < 0
+    return t2, flip
+
+
+def _mode_args(mode, mul, add, sgn, thr):
     if mode == "float":
-        return 0, np.asarray(mul, np.float32), np.asarray(add, np.float32), _DUMMY_I, _DUMMY_I
-    return 1, _DUMMY_F, _DUMMY_F, np.asarray(sgn, np.int64), np.asarray(thr, np.int64)
+        return 0, np.asarray(mul, np.float32), np.asarray(add, np.float32), _DUMMY_I, _DUMMY_B
+    t2, flip = bit_thresholds(sgn, thr)
+    return 1, _DUMMY_F, _DUMMY_F, t2, flip
 
 
 def kernel_matrix(w):
@@ -201,7 +222,7 @@ def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=N
     (pt, pb), (pl, pr) = pads
     ho = out_size(h, kh, stride[0], dilation[0], pt, pb)
     wo = out_size(wid, kw, stride[1], dilation[1], pl, pr)
-    m, mul, add, sgn, thr = _mode_args(o, mode, mul, add, sgn, thr)
+    m, mul, add, t2, flip = _mode_args(mode, mul, add, sgn, thr)
     if m == 0:
         out_f = np.empty((n, ho, wo, o), np.float32)
         out_b = np.empty((n, ho, wo, 1), np.uint64)
@@ -209,7 +230,7 @@ def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=N
         out_f = np.empty((n, ho, wo, 1), np.float32)
         out_b = np.empty((n, ho, wo, (o + 63) // 64), np.uint64)
     _bconv2d(np.ascontiguousarray(x), wt, wpc, c_in, kh, kw, stride[0], stride[1], dilation[0],
-             dilation[1], pt, pl, ho, wo, pad_value != 0, m, mul, add, sgn, thr, out_f, out_b)
+             dilation[1], pt, pl, ho, wo, pad_value != 0, m, mul, add, t2, flip, out_f, out_b)
     return out_f if m == 0 else out_b
 
 
@@ -217,14 +238,14 @@ def bdense(x, w, k, mode, mul=None, add=None, sgn=None, thr=None):
     """Same contract as ``kernels_numpy.bdense``."""
     n = x.shape[0]
     o = w.shape[0]
-    dots = np.empty((n, o), np.int64)
+    m, mul, add, t2, flip = _mode_args(mode, mul, add, sgn, thr)
+    dots = np.zeros((n, t2.shape[0] if m == 1 else o), np.int64)
     _bdense_dots(np.ascontiguousarray(x), w, k, dots)
-    m, mul, add, sgn, thr = _mode_args(o, mode, mul, add, sgn, thr)
     if m == 0:
         out_f, out_b = np.empty((n, o), np.float32), np.empty((n, 1), np.uint64)
     else:
         out_f, out_b = np.empty((n, 1), np.float32), np.empty((n, (o + 63) // 64), np.uint64)
-    _bdense_emit(dots, m, mul, add, sgn, thr, out_f, out_b)
+    _bdense_emit(dots, o, m, mul, add, t2, flip, out_f, out_b)
     return out_f if m == 0 else out_b
 
 
