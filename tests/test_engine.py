@@ -104,6 +104,30 @@ def test_numba_kernels_equal_numpy(c, o, k, stride, dil, pads, pad_value):
 # ------------------------------------------------------------------------ single binary layers
 
 
+@needs_numba
+@pytest.mark.parametrize("c,o,k,stride,pads,pad_value", [
+    (3, 128, 3, 1, ((0, 0), (0, 0)), 0.0),
+    (5, 70, 3, 2, ((1, 2), (0, 1)), 1.0),
+    (3, 64, 7, 2, ((2, 3), (2, 3)), 0.0),
+])
+def test_numba_float_conv_fuses_batch_norm_and_packing(c, o, k, stride, pads, pad_value):
+    from onebit.engine import kernels_numba as kb
+
+    rng = np.random.default_rng(o)
+    x = rng.standard_normal((2, 11, 9, c)).astype(np.float32)
+    wmat = rng.standard_normal((k * k * c, o)).astype(np.float32)
+    bias, mul, add = (rng.standard_normal(o).astype(np.float32) for _ in range(3))
+    args = (x, wmat, bias, (k, k), (stride, stride), (1, 1), pads, pad_value)
+    ref = kernels_numpy.conv2d(*args)
+    np.testing.assert_allclose(kb.conv2d(*args), ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(kb.conv2d(*args, mul, add), ref * mul + add, rtol=1e-4, atol=1e-4)
+    bits = kb.conv2d(*args, mul, add, pack=True)
+    want = pack_sign(ref * mul + add)
+    assert bits.shape == want.shape and bits.dtype == np.uint64
+    near_zero = np.abs(ref * mul + add) < 1e-3  # summation order may flip these, nothing else
+    assert np.array_equal(unpack_sign(bits, o)[~near_zero], unpack_sign(want, o)[~near_zero])
+
+
 def _binary_conv(c, o, k, stride, padding, pad_values):
     conv = QuantConv2d(c, o, k, stride, padding=padding, bias=False, pad_values=pad_values,
                        input_quantizer="ste_sign", kernel_quantizer="ste_sign")

@@ -79,16 +79,17 @@ def _gather(x, n, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, patch, oob):
 
 
 @njit(cache=True, inline="always")
-def _to_dots(acc, n_out, n_oob, oob, wpc, c_in, taps, pad_one):
-    """Popcounts -> dots in place: K - 2 pc, or over the valid taps only for zero padding."""
+def _to_dots(acc, n_out, n_oob, oob, wpc_t, c_in, taps, pad_one):
+    """Popcounts -> dots in place: K - 2 pc, or over the valid taps only for zero padding, where
+    the kernel's own bits at the padded taps (``wpc_t`` (taps, O)) come back out of pc."""
     if n_oob > 0 and not pad_one:
         k_valid = c_in * (taps - n_oob)
         for o in range(n_out):
-            corr = 0
-            for t in range(taps):
-                if oob[t]:
-                    corr += wpc[o, t]
-            acc[o] = k_valid - 2 * (acc[o] - corr)
+            acc[o] = k_valid - 2 * acc[o]
+        for t in range(taps):
+            if oob[t]:
+                for o in range(n_out):
+                    acc[o] += 2 * wpc_t[t, o]
     else:
         k_full = c_in * taps
         for o in range(n_out):
@@ -96,7 +97,7 @@ def _to_dots(acc, n_out, n_oob, oob, wpc, c_in, taps, pad_one):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _bconv2d(x, wt, wpc, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, mode, mul, add, t2,
+def _bconv2d(x, wt, wpc_t, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, mode, mul, add, t2,
              flip, out_f, out_b):
     """Threads over output rows; two output pixels at a time share each kernel word loaded, and
     the innermost loop runs over output channels (``wt`` is (kh*kw*words, O)), so it vectorizes
@@ -128,10 +129,10 @@ def _bconv2d(x, wt, wpc, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, 
                     wv = wt[k, o]
                     acc0[o] += popcount(p0 ^ wv)
                     acc1[o] += popcount(p1 ^ wv)
-            _to_dots(acc0, n_out, n0, oob0, wpc, c_in, taps, pad_one)
+            _to_dots(acc0, n_out, n0, oob0, wpc_t, c_in, taps, pad_one)
             _emit(acc0, n_out, mode, mul, add, t2, flip, out_f[n, oh, ow0], out_b[n, oh, ow0])
             if ow1 != ow0:
-                _to_dots(acc1, n_out, n1, oob1, wpc, c_in, taps, pad_one)
+                _to_dots(acc1, n_out, n1, oob1, wpc_t, c_in, taps, pad_one)
                 _emit(acc1, n_out, mode, mul, add, t2, flip, out_f[n, oh, ow1], out_b[n, oh, ow1])
 
 
@@ -174,6 +175,76 @@ def _maxpool_bits(x, kh, kw, sh, sw, pt, pl, ho, wo, and_mask, out):
                         b |= v
                 m = and_mask[q]
                 out[n, oh, ow, q] = (a & m) | (b & ~m)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _fconv2d(x, wmat, bias, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, affine, mul, add,
+             pack, out_f, out_b):
+    """Float conv on NHWC ``x`` with ``wmat`` (kh*kw*C, O), threads over output rows, then the
+    optional per-channel ``y * mul + add`` (a folded batch norm) and, with ``pack``, sign bits
+    packed straight into ``out_b`` (bit = 1 iff y < 0), so the first layer of a BNN makes its
+    packed output in one pass instead of three float arrays."""
+    n_img, h, wid, c = x.shape
+    n_out = wmat.shape[1]
+    words = out_b.shape[3]
+    for row in prange(n_img * ho):
+        n = row // ho
+        oh = row % ho
+        acc = np.empty(words * 64 if pack else n_out, dtype=np.float32)
+        for ow in range(wo):
+            for o in range(n_out):
+                acc[o] = bias[o]
+            for i in range(kh):
+                ih = oh * sh - pt + i * dh
+                for j in range(kw):
+                    iw = ow * sw - pl + j * dw
+                    inside = ih >= 0 and ih < h and iw >= 0 and iw < wid
+                    base = (i * kw + j) * c
+                    for ch in range(c):
+                        v = x[n, ih, iw, ch] if inside else pad_value
+                        wrow = wmat[base + ch]
+                        for o in range(n_out):
+                            acc[o] += v * wrow[o]
+            if affine:
+                for o in range(n_out):
+                    acc[o] = acc[o] * mul[o] + add[o]
+            if pack:
+                for o in range(n_out, words * 64):
+                    acc[o] = 0.0
+                for q in range(words):
+                    word = np.uint64(0)
+                    for b in range(64):
+                        word |= np.uint64(acc[q * 64 + b] < 0) << np.uint64(b)
+                    out_b[n, oh, ow, q] = word
+            else:
+                for o in range(n_out):
+                    out_f[n, oh, ow, o] = acc[o]
+
+
+def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, mul=None, add=None,
+           pack=False):
+    """``kernels_numpy.conv2d`` in threads, fused with an optional ``* mul + add`` and sign packing
+    (``pack=True`` returns packed uint64 words like ``bits.pack_sign`` of the float result)."""
+    n, h, wid, c = x.shape
+    kh, kw = kernel
+    (pt, pb), (pl, pr) = pads
+    ho = out_size(h, kh, stride[0], dilation[0], pt, pb)
+    wo = out_size(wid, kw, stride[1], dilation[1], pl, pr)
+    o = wmat.shape[1]
+    bias = np.zeros(o, np.float32) if bias is None else np.asarray(bias, np.float32)
+    affine = mul is not None
+    mul = _DUMMY_F if mul is None else np.asarray(mul, np.float32)
+    add = _DUMMY_F if add is None else np.asarray(add, np.float32)
+    if pack:
+        out_f = np.empty((1, 1, 1, 1), np.float32)
+        out_b = np.empty((n, ho, wo, (o + 63) // 64), np.uint64)
+    else:
+        out_f = np.empty((n, ho, wo, o), np.float32)
+        out_b = np.empty((1, 1, 1, 1), np.uint64)
+    _fconv2d(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(wmat, np.float32),
+             bias, kh, kw, stride[0], stride[1], dilation[0], dilation[1], pt, pl, ho, wo,
+             np.float32(pad_value), affine, mul, add, pack, out_f, out_b)
+    return out_b if pack else out_f
 
 
 _DUMMY_F = np.zeros((1,), np.float32)
@@ -229,7 +300,8 @@ def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=N
     else:
         out_f = np.empty((n, ho, wo, 1), np.float32)
         out_b = np.empty((n, ho, wo, (o + 63) // 64), np.uint64)
-    _bconv2d(np.ascontiguousarray(x), wt, wpc, c_in, kh, kw, stride[0], stride[1], dilation[0],
+    wpc_t = np.ascontiguousarray(np.asarray(wpc, np.int64).T)
+    _bconv2d(np.ascontiguousarray(x), wt, wpc_t, c_in, kh, kw, stride[0], stride[1], dilation[0],
              dilation[1], pt, pl, ho, wo, pad_value != 0, m, mul, add, t2, flip, out_f, out_b)
     return out_f if m == 0 else out_b
 

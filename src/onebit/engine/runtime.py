@@ -62,9 +62,31 @@ class Runtime:
             a = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.split(".", 1)[0] == str(i)}
             self._arrays[i] = self._prepare(op, a)
         self._last_use = {}
+        self._uses: dict = {}
         for i, op in enumerate(self.ops):
             for v in op["in"]:
                 self._last_use[v] = i
+                self._uses[v] = self._uses.get(v, 0) + 1
+        self._steps = self._fuse()
+
+    def _fuse(self) -> list[tuple[int, ...]]:
+        """Execution steps: op indices run as one. With numba, a float conv2d followed by its only
+        consumer scale_shift (a folded batch norm) and then pack runs as one kernel that writes
+        packed bits (a BNN's first layer), instead of three passes over float arrays."""
+        steps, i = [], 0
+        while i < len(self.ops):
+            chain = [i]
+            if self.backend == "numba" and self.ops[i]["op"] == "conv2d":
+                for kind in ("scale_shift", "pack"):
+                    j = chain[-1] + 1
+                    prev = self.ops[chain[-1]]["out"]
+                    if (j < len(self.ops) and self.ops[j]["op"] == kind and self.ops[j]["in"] == [prev]
+                            and self._uses.get(prev) == 1 and prev != self.graph["output"]
+                            and self._per_channel(j, self._arrays[i]["wmat"].shape[1])):
+                        chain.append(j)
+            steps.append(tuple(chain))
+            i = chain[-1] + 1
+        return steps
 
     # -- load-time preparation: derived arrays the kernels want -------------------------------
 
@@ -122,18 +144,38 @@ class Runtime:
         if x.ndim == 4:
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         env = {"input": x}
-        for i, op in enumerate(self.ops):
+        steps = [(i,) for i in range(len(self.ops))] if record is not None else self._steps
+        for step in steps:
+            i, op = step[0], self.ops[step[0]]
             args = [env[v] for v in op["in"]]
             if record is not None:
                 record.append(args)
-            env[op["out"]] = self._run(i, op, args)
-            for v in op["in"]:
-                if self._last_use.get(v) == i and v != op["out"]:
-                    env.pop(v, None)
+            if len(step) == 1:
+                env[op["out"]] = self._run(i, op, args)
+            else:
+                env[self.ops[step[-1]]["out"]] = self._run_fused_conv(step, args[0])
+            for j in step:
+                for v in self.ops[j]["in"]:
+                    if self._last_use.get(v) == j and v != self.ops[j]["out"]:
+                        env.pop(v, None)
         y = env[self.graph["output"]]
         if y.ndim == 4:
             y = y.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(y, dtype=np.float32)
+
+    def _per_channel(self, j, channels):
+        """Whether op j's arrays (a scale_shift's mul/add) are one value per output channel."""
+        return all(a.size == channels for k, a in self._arrays[j].items() if k in ("mul", "add"))
+
+    def _run_fused_conv(self, step, x):
+        """conv2d [+ scale_shift] [+ pack] in one numba kernel (see ``_fuse``)."""
+        op, a = self.ops[step[0]], self._arrays[step[0]]
+        kinds = [self.ops[j]["op"] for j in step]
+        ss = self._arrays[step[kinds.index("scale_shift")]] if "scale_shift" in kinds else {}
+        mul, add = (ss["mul"].reshape(-1), ss["add"].reshape(-1)) if ss else (None, None)
+        return self._k.conv2d(x, a["wmat"], a.get("bias"), tuple(op["kernel"]), tuple(op["stride"]),
+                              tuple(op["dilation"]), _pads(op["padding"]), op["pad_value"], mul, add,
+                              pack="pack" in kinds)
 
     def _run(self, i, op, args):
         a = self._arrays[i]
