@@ -1,8 +1,9 @@
 """onebit: binarized neural networks in PyTorch, trained with Bop.
 
 Public API (re-exports only): quantizers, quantized layers, constraints, optimizers, metrics,
-the model zoo and summary, and the bit-packed engine. Without torch installed only
-``onebit.engine`` (the numpy runtime of exported files) is available.
+the model zoo and summary, the bit-packed engine, and ``xnor`` (the switch of binary layers'
+popcount forward in training). Without torch installed only ``onebit.engine`` (the numpy runtime
+of exported files) is available.
 """
 
 try:
@@ -15,7 +16,7 @@ except ModuleNotFoundError as _e:  # a deployment without torch: only onebit.eng
 if _torch is None:
     from . import engine  # noqa: F401  (numpy runtime of exported files)
 else:
-    from . import constraints, metrics, models, optim, quantizers
+    from . import constraints, metrics, models, optim, quantizers, xnor
     from .layers import (
         QuantConv1d,
         QuantConv2d,
@@ -57,4 +58,5 @@ __all__ = [
     "real_parameters",
     "summary",
     "ModelSummary",
+    "xnor",
 ]

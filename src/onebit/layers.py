@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from . import constraints, quantizers
+from . import constraints, quantizers, xnor
 
 __all__ = [
     "QuantLayer",
@@ -97,6 +97,11 @@ class QuantLayer:
     def _quantize_input(self, x):
         return x if self.input_quantizer is None else self.input_quantizer(x)
 
+    def _xnor_eligible(self) -> bool:
+        """Whether input and kernel are exact +/-1 by construction (``onebit.xnor`` may apply)."""
+        return (xnor.get_mode() != "off" and xnor.binary_quantizer(self.input_quantizer)
+                and xnor.binary_quantizer(self.kernel_quantizer, kernel=True))
+
     def _quant_repr(self) -> str:
         parts = []
         if self.kernel_constraint is not None:
@@ -125,7 +130,13 @@ class QuantLinear(QuantLayer, nn.Linear):
         self._init_quant(input_quantizer, kernel_quantizer, kernel_constraint)
 
     def forward(self, x):
-        return F.linear(self._quantize_input(x), self.quantized_weight(), self.bias)
+        x = self._quantize_input(x)
+        w = self.quantized_weight()
+        if self._xnor_eligible():
+            y = xnor.linear(x, w, self.bias)
+            if y is not None:
+                return y
+        return F.linear(x, w, self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()
@@ -174,9 +185,26 @@ class _QuantConvNd(QuantLayer):
             return self._same_pads(spatial)
         return [(p, p) for p in self.padding]
 
+    def _xnor_forward(self, x, w):
+        """The popcount forward of ``onebit.xnor`` (same output and gradients) or None."""
+        if (type(self)._conv is not F.conv2d or x.dim() != 4 or self.groups != 1
+                or self.padding_mode != "zeros" or not self._xnor_eligible()):
+            return None
+        spatial = tuple(x.shape[2:])
+        pads = self.explicit_padding(spatial)
+        if pads is not None:  # the layer pads with pad_values, then convolves unpadded
+            return xnor.conv2d(x, w, self.bias, self.stride, self.dilation, pads, self.pad_values, (0, 0))
+        pads = [(0, 0)] * 2 if self.padding == "valid" else self.padding_for(spatial)
+        # torch pads with zeros: the symmetric part in the conv, "same"'s odd pixel before it
+        return xnor.conv2d(x, w, self.bias, self.stride, self.dilation, pads, 0.0,
+                           [min(b, a) for b, a in pads])
+
     def forward(self, x):
         x = self._quantize_input(x)
         w = self.quantized_weight()
+        y = self._xnor_forward(x, w)
+        if y is not None:
+            return y
         pads = self.explicit_padding(tuple(x.shape[2:]))
         if pads is None:
             return self._conv_forward(x, w, self.bias)

@@ -71,6 +71,7 @@ FIELDS: dict[str, Field] = {
         Field("seed", 0, "seed of initialisation, data order and augmentation"),
         Field("threads", 0, "torch CPU threads (0: all cores)"),
         Field("device", "auto", "auto, cpu, cuda or cuda:N"),
+        Field("xnor_forward", "auto", "binary layers' forward by XOR + popcount (onebit.xnor; same outputs and gradients): auto (when numba imports), on, off", ("auto", "on", "off")),
         Field("channels_last", True, "NHWC memory format for model and image batches (about 2x faster convolutions on CPU)"),
         Field("eval_every", 1, "evaluate on the test set every N epochs (and after the last)"),
         Field("log_every", 50, "read metrics/flips on the host every N steps (progress, TensorBoard)"),

@@ -35,12 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, xnor
 from ..data import Loader
 from ..metrics import LOG_EPS
 from . import checkpoint, distributed
 from .build import FlipSource, build_model, build_optimizer, build_schedulers, load_data
-from .config import to_toml, validate
+from .config import ConfigError, to_toml, validate
 from .progress import Progress
 from .step import evaluate, make_train_step, reestimate_batchnorm, to_device
 
@@ -177,9 +177,19 @@ def train(
     ``on_step(epoch, batch, step)``: called after every optimizer step (notebooks, tests).
     Raises ``Interrupted`` after Ctrl-C (checkpoint saved), ``ConfigError``/``DataError`` on bad input.
     """
+    config = validate(dict(config))
+    mode = config.get("xnor_forward", "auto")  # run folders from before the key: auto
+    if mode == "on" and not xnor.available():
+        raise ConfigError("xnor_forward='on' needs numba, which is not installed (pip install 'onebit[jit]'); "
+                          "allowed without it: auto, off")
+    with xnor.use(mode):  # the switch holds for this run only
+        return _train(config, recipe=recipe, source=source, run_dir=run_dir, resume=resume, verbose=verbose,
+                      stream=stream, on_step=on_step)
+
+
+def _train(config, *, recipe, source, run_dir, resume, verbose, stream, on_step) -> dict:
     started = time.perf_counter()
     stream = stream if stream is not None else sys.stdout
-    config = validate(dict(config))
     torch.set_num_threads(config["threads"] or distributed.default_threads())
     dist = distributed.setup(_device(config["device"]))
     device, main = dist.device, dist.is_main
