@@ -3,7 +3,8 @@
 Baseline: the same architecture built from nn.Conv2d / nn.Linear with a textbook sign STE
 (an autograd.Function that saves its float input), torch Adam on latent weights, NCHW.
 onebit: the zoo model with its defaults for Bop recipes (channels_last, NoOp-tagged +/-1 kernels,
-mask-saving STE, Bop with its default fused path for large models) + Adam on the rest.
+mask-saving STE, Bop with its default fused path for large models, the popcount forward of binary
+layers when numba imports) + Adam on the rest; then the same with ``onebit.xnor`` switched off.
 Each step is forward + backward + optimizer step; median of repeated steps, 2 threads, and the
 memory one forward saves for backward (activations and masks, MiB), what drives the step's peak.
 
@@ -104,8 +105,9 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"train step, {args.threads} threads, median of {args.steps}; torch {torch.__version__}")
+    print(f"xnor forward: {ob.xnor.get_mode() if ob.xnor.available() else 'off (numba missing)'}")
     print(f"{'model':12s} {'batch':>5s} {'plain fp32 ms':>14s} {'onebit ms':>10s} {'ratio':>6s} "
-          f"{'plain saved MiB':>15s} {'onebit saved MiB':>16s}")
+          f"{'xnor off ms':>11s} {'ratio':>6s} {'plain saved MiB':>15s} {'onebit saved MiB':>16s}")
     for name in args.models:
         shape = SHAPES[name]
         torch.manual_seed(0)
@@ -123,9 +125,12 @@ def main() -> None:
             ob.optim.Bop(ob.binary_parameters(model), gamma=1e-4, threshold=1e-8),
             torch.optim.Adam(ob.real_parameters(model), lr=1e-2),
         )
-        ours_ms, ours_mem = median_step(model, opt, x.contiguous(memory_format=torch.channels_last), y, steps)
+        x = x.contiguous(memory_format=torch.channels_last)
+        ours_ms, ours_mem = median_step(model, opt, x, y, steps)
+        with ob.xnor.use(False):
+            off_ms, _ = median_step(model, opt, x, y, steps)
         print(f"{name:12s} {shape[0]:5d} {plain_ms:14.1f} {ours_ms:10.1f} {ours_ms / plain_ms:6.2f} "
-              f"{plain_mem:15.1f} {ours_mem:16.1f}")
+              f"{off_ms:11.1f} {off_ms / plain_ms:6.2f} {plain_mem:15.1f} {ours_mem:16.1f}")
 
 
 if __name__ == "__main__":
