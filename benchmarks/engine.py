@@ -74,6 +74,7 @@ def _torch_layer_inputs(model, x):
 def bench(model_name, batches, threads, repeats, backend):
     torch.manual_seed(0)
     torch.set_num_threads(threads)
+    onebit.xnor.set_mode("off")  # the reference is torch's fp32 op, not onebit's popcount forward
     model = _randomize_bn(onebit.create_model(model_name))
     modules = dict(model.named_modules())
     in_ch = 3 if model_name == "binarynet" else 1

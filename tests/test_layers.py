@@ -111,6 +111,18 @@ def test_pad_values_pads_with_the_constant(cls, padding):
     assert not torch.equal(zero_pad(x), layer(x))
 
 
+@pytest.mark.parametrize("cls", [ob.QuantConv1d, ob.QuantConv2d, ob.QuantConv3d])
+def test_valid_padding_ignores_pad_values(cls):
+    dims = {ob.QuantConv1d: 1, ob.QuantConv2d: 2, ob.QuantConv3d: 3}[cls]
+    layer = cls(2, 3, 3, padding="valid", bias=False, input_quantizer="ste_sign",
+                kernel_quantizer="ste_sign", pad_values=1.0)
+    x = torch.randn((2, 2) + (6,) * dims)
+    assert layer.explicit_padding((6,) * dims) is None
+    assert layer.padding_for((6,) * dims) == [(0, 0)] * dims
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    torch.testing.assert_close(layer(x), conv(SIGN(x), SIGN(layer.weight)))
+
+
 @pytest.mark.parametrize("size, stride, kernel, expected", [
     (7, 2, 3, (1, 1)),   # total = 3*2 + 3 - 7 = 2
     (8, 2, 3, (0, 1)),   # total = 3*2 + 3 - 8 = 1: the odd pixel goes at the end (TF)

@@ -175,7 +175,7 @@ class _QuantConvNd(QuantLayer):
             if self.pad_values == 0.0 and all(s == 1 for s in self.stride):
                 return None
             return self._same_pads(spatial)
-        if self.pad_values != 0.0 and any(self.padding):
+        if self.padding != "valid" and self.pad_values != 0.0 and any(self.padding):
             return [(p, p) for p in self.padding]
         return None
 
@@ -183,6 +183,8 @@ class _QuantConvNd(QuantLayer):
         """(before, after) padding per spatial dim for an input of this spatial size."""
         if self.padding == "same":
             return self._same_pads(spatial)
+        if self.padding == "valid":
+            return [(0, 0)] * len(self.kernel_size)
         return [(p, p) for p in self.padding]
 
     def _xnor_forward(self, x, w):
@@ -194,7 +196,7 @@ class _QuantConvNd(QuantLayer):
         pads = self.explicit_padding(spatial)
         if pads is not None:  # the layer pads with pad_values, then convolves unpadded
             return xnor.conv2d(x, w, self.bias, self.stride, self.dilation, pads, self.pad_values, (0, 0))
-        pads = [(0, 0)] * 2 if self.padding == "valid" else self.padding_for(spatial)
+        pads = self.padding_for(spatial)
         # torch pads with zeros: the symmetric part in the conv, "same"'s odd pixel before it
         return xnor.conv2d(x, w, self.bias, self.stride, self.dilation, pads, 0.0,
                            [min(b, a) for b, a in pads])
