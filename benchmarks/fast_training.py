@@ -5,8 +5,9 @@ Baseline: the same architecture built from nn.Conv2d / nn.Linear with a textbook
 onebit: the zoo model with its defaults for Bop recipes (channels_last, NoOp-tagged +/-1 kernels,
 mask-saving STE, Bop with its default fused path for large models, the popcount forward of binary
 layers when numba imports) + Adam on the rest; then the same with ``onebit.xnor`` switched off.
-Each step is forward + backward + optimizer step; median of repeated steps, 2 threads, and the
-memory one forward saves for backward (activations and masks, MiB), what drives the step's peak.
+Each step is forward + backward + optimizer step, the three configurations taking turns step by
+step; times are medians, ratios the median of the per-round ratios to the plain step, 2 threads;
+and the memory one forward saves for backward (activations and masks, MiB), the step's peak driver.
 
     python benchmarks/fast_training.py [--steps 10] [--models binarynet small_cnn birealnet18]
 """
@@ -85,26 +86,36 @@ def saved_activation_mib(model, x) -> float:
     return total / 2**20
 
 
-def median_step(model, optimizer, x, y, steps: int, warmup: int = 2):
-    times = []
+def one_step(model, optimizer, x, y) -> float:
+    """Seconds of one forward + backward + optimizer step."""
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def interleaved_steps(runs, steps: int, warmup: int = 2) -> list[list[float]]:
+    """Step times (ms) of every ``(model, optimizer, x, y, xnor mode)`` in ``runs``, taken in turn
+    (a round is one step of each), so all of them see the same machine load."""
+    times = [[] for _ in runs]
     for i in range(warmup + steps):
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3, saved_activation_mib(model, x)
+        for k, (model, opt, x, y, mode) in enumerate(runs):
+            with ob.xnor.use(mode):
+                t = one_step(model, opt, x, y)
+            if i >= warmup:
+                times[k].append(t * 1e3)
+    return times
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=10, help="timed steps per model (Bi-Real: a third)")
+    p.add_argument("--steps", type=int, default=10, help="timed rounds per model (Bi-Real: half)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--models", nargs="+", default=list(SHAPES))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"train step, {args.threads} threads, median of {args.steps}; torch {torch.__version__}")
+    print(f"train step, {args.threads} threads, medians of {args.steps} interleaved rounds; torch {torch.__version__}")
     print(f"xnor forward: {ob.xnor.get_mode() if ob.xnor.available() else 'off (numba missing)'}")
     print(f"{'model':12s} {'batch':>5s} {'plain fp32 ms':>14s} {'onebit ms':>10s} {'ratio':>6s} "
           f"{'xnor off ms':>11s} {'ratio':>6s} {'plain saved MiB':>15s} {'onebit saved MiB':>16s}")
@@ -113,25 +124,27 @@ def main() -> None:
         torch.manual_seed(0)
         x = torch.rand(shape) * 2 - 1
         y = torch.randint(0, KWARGS[name].get("num_classes", 10), (shape[0],))
-        # The plain baseline first (its own model), then onebit's defaults.
         plain = plain_copy(ob.create_model(name, **KWARGS[name]))
         plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3)
-        steps = max(args.steps // 3, 2) if name == "birealnet18" else args.steps
-        plain_ms, plain_mem = median_step(plain, plain_opt, x, y, steps)
-        del plain, plain_opt
+        steps = max(args.steps // 2, 3) if name == "birealnet18" else args.steps
         model = ob.create_model(name, kernel_quantizer="noop", kernel_constraint=None, **KWARGS[name])
         model = model.to(memory_format=torch.channels_last)
         opt = ob.optim.CaseOptimizer(
             ob.optim.Bop(ob.binary_parameters(model), gamma=1e-4, threshold=1e-8),
             torch.optim.Adam(ob.real_parameters(model), lr=1e-2),
         )
-        x = x.contiguous(memory_format=torch.channels_last)
-        ours_ms, ours_mem = median_step(model, opt, x, y, steps)
-        with ob.xnor.use(False):
-            off_ms, _ = median_step(model, opt, x, y, steps)
-        print(f"{name:12s} {shape[0]:5d} {plain_ms:14.1f} {ours_ms:10.1f} {ours_ms / plain_ms:6.2f} "
-              f"{off_ms:11.1f} {off_ms / plain_ms:6.2f} {plain_mem:15.1f} {ours_mem:16.1f}")
-
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        mode = ob.xnor.get_mode()
+        # plain fp32, onebit's defaults, onebit with the popcount forward off: one step each per round
+        plain_t, ours_t, off_t = interleaved_steps(
+            [(plain, plain_opt, x, y, "off"), (model, opt, x_cl, y, mode), (model, opt, x_cl, y, "off")], steps)
+        plain_ms, ours_ms, off_ms = (statistics.median(t) for t in (plain_t, ours_t, off_t))
+        ratio = statistics.median(o / p for o, p in zip(ours_t, plain_t))
+        ratio_off = statistics.median(o / p for o, p in zip(off_t, plain_t))
+        plain_mem, ours_mem = saved_activation_mib(plain, x), saved_activation_mib(model, x_cl)
+        print(f"{name:12s} {shape[0]:5d} {plain_ms:14.1f} {ours_ms:10.1f} {ratio:6.2f} "
+              f"{off_ms:11.1f} {ratio_off:6.2f} {plain_mem:15.1f} {ours_mem:16.1f}")
+        del plain, plain_opt, model, opt
 
 if __name__ == "__main__":
     main()
