@@ -34,7 +34,7 @@ __all__ = ["MIN_MACS", "available", "get_mode", "set_mode", "use", "conv2d", "li
 
 _MODES = ("auto", "on", "off")
 _mode = "auto"
-_jit = None  # (kernels_numba, _xnor_numba) once imported; False when numba is missing
+_jit = None  # onebit.engine.kernels_numba once imported; False when numba is missing
 
 # Quantizers whose output is exactly sign(x) (+/-1, sign(0) = +1) in forward.
 _SIGN_TYPES = (quantizers.SteSign, quantizers.ApproxSign, quantizers.SwishSign)
@@ -48,12 +48,11 @@ def _kernels():
     global _jit
     if _jit is None:
         try:
-            from . import _xnor_numba
             from .engine import kernels_numba
         except ImportError:
             _jit = False
         else:
-            _jit = (kernels_numba, _xnor_numba)
+            _jit = kernels_numba
     return _jit or None
 
 
@@ -130,9 +129,9 @@ def _applicable(x, w, bias) -> bool:
 def _pack(t: torch.Tensor):
     """(words, count of values not +/-1) of a tensor packed along dim 1 (channels / features),
     read through a zero-copy numpy view of its memory, whatever its strides."""
-    _, packer = _kernels()
+    kn = _kernels()
     a = t.detach().numpy()
-    return packer.pack_sign(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a[None, None])
+    return kn.pack_sign_count(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a[None, None])
 
 
 def _channels_last(t: torch.Tensor) -> bool:
@@ -155,7 +154,7 @@ class _Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, bias, xbits, wbits, geometry):
         stride, dilation, pads, pad_value, conv_padding, extra, out_cl = geometry
-        kn, _ = _kernels()
+        kn = _kernels()
         o = w.shape[0]
         add = np.zeros(o, np.float32) if bias is None else bias.detach().numpy()
         _set_threads()
@@ -228,7 +227,7 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, bias, xbits, wbits):
-        kn, _ = _kernels()
+        kn = _kernels()
         o = w.shape[0]
         add = np.zeros(o, np.float32) if bias is None else bias.detach().numpy()
         _set_threads()

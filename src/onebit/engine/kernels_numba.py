@@ -331,3 +331,32 @@ def maxpool2d_bits(x, kernel, stride, pads, ceil_mode, and_mask):
     _maxpool_bits(np.ascontiguousarray(x), kernel[0], kernel[1], stride[0], stride[1], pt, pl, ho,
                   wo, and_mask, out)
     return out
+
+
+@njit(parallel=True, cache=True)
+def _pack_sign_count(x, out):
+    a, b, c, k = x.shape
+    words = out.shape[3]
+    bad = 0
+    for r in prange(a * b):
+        i = r // b
+        j = r % b
+        for m in range(c):
+            for q in range(words):
+                lo = q * 64
+                hi = min(lo + 64, k)
+                word = np.uint64(0)
+                for t in range(lo, hi):
+                    v = x[i, j, m, t]
+                    word |= np.uint64(v < 0) << np.uint64(t - lo)
+                    bad += np.int64((v != 1.0) & (v != -1.0))
+                out[i, j, m, q] = word
+    return bad
+
+
+def pack_sign_count(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``bits.pack_sign`` of a 4-D float32 array of any strides (a zero-copy view of a torch
+    tensor) in threads, plus the count of values that are not exactly +/-1, so ``onebit.xnor``
+    can tell a binary kernel from one that is not binary yet in the same pass."""
+    out = np.empty(x.shape[:3] + ((x.shape[3] + 63) // 64,), np.uint64)
+    return out, int(_pack_sign_count(x, out))
