@@ -238,6 +238,59 @@ def test_training_keeps_the_loss_curve(tmp_path, monkeypatch):
     assert xnor.get_mode() == "auto"  # train() restores the switch
 
 
+def _cifar_shaped_bnn():
+    """A narrow BinaryNet: real-input first conv, binary convs (zero padding, max-pool), binary
+    dense layers, batch norm everywhere; Bop's 1-bit NoOp kernels."""
+    torch.manual_seed(0)
+    b = dict(input_quantizer="ste_sign", kernel_quantizer="noop")
+    bn = torch.nn.BatchNorm2d
+    return torch.nn.Sequential(
+        ob.QuantConv2d(3, 32, 3, padding=1, bias=False, kernel_quantizer="noop"), bn(32),
+        ob.QuantConv2d(32, 64, 3, padding=1, bias=False, **b), torch.nn.MaxPool2d(2), bn(64),
+        ob.QuantConv2d(64, 96, 3, padding=1, bias=False, **b), torch.nn.MaxPool2d(2), bn(96),
+        torch.nn.Flatten(), ob.QuantLinear(96 * 8 * 8, 64, bias=False, **b), torch.nn.BatchNorm1d(64),
+        ob.QuantLinear(64, 10, bias=False, **b), torch.nn.BatchNorm1d(10),
+    ).to(memory_format=torch.channels_last)
+
+
+def test_cifar_shaped_training_keeps_the_loss_curve(monkeypatch):
+    """Issue 7's CIFAR-10-shaped check: 40 Bop + Adam steps of a narrow BinaryNet on 32x32x3
+    batches give the same loss at every step and the same weights with the popcount forward."""
+    calls = []
+    for name in ("conv2d", "linear"):
+        def counted(*args, _f=getattr(xnor, name)):
+            y = _f(*args)
+            calls.append(y is not None)
+            return y
+        monkeypatch.setattr(xnor, name, counted)
+    g = torch.Generator().manual_seed(1)
+    data = [((torch.rand(16, 3, 32, 32, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last),
+             torch.randint(0, 10, (16,), generator=g)) for _ in range(8)]
+    results = {}
+    for mode in ("on", "off"):
+        model = _cifar_shaped_bnn()
+        opt = ob.optim.CaseOptimizer(ob.optim.Bop(ob.binary_parameters(model), gamma=1e-3, threshold=1e-6),
+                                     torch.optim.Adam(ob.real_parameters(model), lr=1e-2))
+        with torch.no_grad():  # start from +/-1 kernels, as Bop keeps them
+            for p in ob.binary_parameters(model):
+                p.copy_(torch.where(p >= 0, 1.0, -1.0))
+        losses = []
+        with xnor.use(mode):
+            for step in range(40):
+                x, y = data[step % len(data)]
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        results[mode] = (losses, [p.detach().clone() for p in model.parameters()])
+        if mode == "on":  # two binary convs and two binary dense layers per step, all popcount
+            assert len(calls) == 4 * 40 and all(calls), calls.count(False)
+    assert results["on"][0] == results["off"][0]
+    assert all(torch.equal(a, b) for a, b in zip(results["on"][1], results["off"][1]))
+    assert results["on"][0][-1] < results["on"][0][0]  # it learns the fixed batches
+
+
 def test_config_key():
     from onebit.recipes import load_recipe
     from onebit.training.config import ConfigError, apply_overrides
