@@ -238,6 +238,36 @@ def test_training_keeps_the_loss_curve(tmp_path, monkeypatch):
     assert xnor.get_mode() == "auto"  # train() restores the switch
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
+def test_fused_sign_ste_equals_torch(channels_last, monkeypatch):
+    """The one-pass sign + mask of the sign STE: same values, strides and gradients as torch's."""
+    from onebit.quantizers import ste_sign
+
+    x = torch.randn(4, 70, 64, 65)
+    flat = x.view(-1)
+    flat[::97], flat[::89], flat[::101], flat[::103], flat[::107] = 0.0, -0.0, 1.0, -1.0, float("nan")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert x.numel() >= xnor.MIN_ELEMENTS
+    grad = torch.randn_like(x)
+    results = {}
+    for mode in ("on", "off"):
+        xr = x.clone().requires_grad_(True)
+        with xnor.use(mode):
+            y = ste_sign(xr, 1.0)
+        y.backward(grad)
+        results[mode] = (y, xr.grad)
+    (y, gx), (y0, gx0) = results["on"], results["off"]
+    assert torch.equal(y, y0) and y.stride() == y0.stride()
+    assert torch.equal(gx, gx0)
+    assert xnor.sign_and_mask(x, 1.0) is not None
+    monkeypatch.setattr(xnor, "_jit", None)  # "auto" before any popcount forward loaded numba
+    assert xnor.sign_and_mask(x, 1.0) is None
+    with xnor.use("off"):
+        assert xnor.sign_and_mask(x, 1.0) is None
+    assert xnor.sign_and_mask(x[:, :, :8], 1.0) is None  # small or strided: torch's ops
+
+
 def _cifar_shaped_bnn():
     """A narrow BinaryNet: real-input first conv, binary convs (zero padding, max-pool), binary
     dense layers, batch norm everywhere; Bop's 1-bit NoOp kernels."""

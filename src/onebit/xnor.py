@@ -30,7 +30,8 @@ import torch
 
 from . import quantizers
 
-__all__ = ["MIN_MACS", "available", "get_mode", "set_mode", "use", "conv2d", "linear", "binary_quantizer"]
+__all__ = ["MIN_MACS", "available", "get_mode", "set_mode", "use", "conv2d", "linear", "binary_quantizer",
+           "sign_and_mask"]
 
 _MODES = ("auto", "on", "off")
 _mode = "auto"
@@ -42,6 +43,8 @@ _MAX_K = 2**24  # integer dots stay exact in fp32 below this reduction length
 # "auto" leaves smaller layer calls to torch. Measured on 2 cores: BinaryNet's binary layers at
 # batch 50 (0.4-7.5 G MACs) gain; the small CNN's (21-142 M at batch 64) change nothing in a step.
 MIN_MACS = 2**28
+# The fused sign STE pays from about a million values (BinaryNet's activations at batch 50: 1.6-6.5 M).
+MIN_ELEMENTS = 2**20
 
 
 def _kernels():
@@ -108,6 +111,27 @@ def _wanted(macs: int) -> bool:
     if _mode == "off" or (_mode == "auto" and macs < MIN_MACS):
         return False
     return available()
+
+
+def sign_and_mask(x: torch.Tensor, clip: float):
+    """(sign(x), |x| <= clip) from one threaded pass over ``x``, or None where it does not apply.
+
+    The sign STE's forward in torch takes four passes (ge, where, abs, le); this kernel reads x
+    once. Used for CPU float32 tensors stored densely (contiguous or channels_last) of at least
+    ``MIN_ELEMENTS`` values, under the same switch as the popcount forward: "on" (numba), "auto"
+    once a popcount forward has loaded numba in this process (so models it skips never load it)."""
+    if (_mode == "off" or x.numel() < MIN_ELEMENTS or x.device.type != "cpu" or x.dtype != torch.float32
+            or not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)))):
+        return None
+    if not (_jit if _mode == "auto" else available()):
+        return None
+    out = torch.empty_like(x)
+    mask = torch.empty_like(x, dtype=torch.bool)
+    flat = (t.detach().permute(0, 2, 3, 1) if not t.is_contiguous() else t.detach() for t in (x, out, mask))
+    xs, os_, ms = (t.reshape(-1).numpy() for t in flat)
+    _set_threads()
+    _kernels().sign_and_mask(xs, clip, os_, ms)
+    return out, mask
 
 
 def _set_threads() -> None:

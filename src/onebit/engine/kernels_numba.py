@@ -360,3 +360,20 @@ def pack_sign_count(x: np.ndarray) -> tuple[np.ndarray, int]:
     can tell a binary kernel from one that is not binary yet in the same pass."""
     out = np.empty(x.shape[:3] + ((x.shape[3] + 63) // 64,), np.uint64)
     return out, int(_pack_sign_count(x, out))
+
+
+@njit(parallel=True, cache=True)
+def _sign_and_mask(x, clip, out, mask):
+    """out = +1 where x >= 0 else -1 (NaN: -1), mask = |x| <= clip, in one read of x."""
+    n = x.shape[0]
+    chunk = 1 << 14
+    for c in prange((n + chunk - 1) // chunk):
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            v = x[i]
+            out[i] = np.float32(1.0) if v >= 0 else np.float32(-1.0)
+            mask[i] = abs(v) <= clip
+
+
+def sign_and_mask(x: np.ndarray, clip: float, out: np.ndarray, mask: np.ndarray) -> None:
+    """Fill flat float32 ``out`` with sign(x) (sign(0) = +1) and bool ``mask`` with |x| <= clip."""
+    _sign_and_mask(x, np.float32(clip), out, mask)
