@@ -238,6 +238,30 @@ def test_training_keeps_the_loss_curve(tmp_path, monkeypatch):
     assert xnor.get_mode() == "auto"  # train() restores the switch
 
 
+def test_conv_saves_the_input_as_packed_bits():
+    """For the kernel's gradient the popcount conv keeps its +/-1 input as 64-bit words (32x less
+    memory than the float tensor torch's conv saves)."""
+    layer = ob.QuantConv2d(130, 8, 3, padding=1, bias=False, input_quantizer="ste_sign",
+                           kernel_quantizer="ste_sign")
+    x = torch.randn(2, 130, 9, 9).contiguous(memory_format=torch.channels_last)
+    saved = []
+
+    def keep(t):
+        saved.append((t.dtype, t.numel()))
+        return t
+
+    for mode in ("on", "off"):
+        saved.clear()
+        with xnor.use(mode), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            layer(x.requires_grad_(False))
+        floats = sum(n for dtype, n in saved if dtype == torch.float32)
+        if mode == "on":
+            assert (torch.int64, 2 * 9 * 9 * 3) in saved  # 130 channels -> 3 words per pixel
+            assert floats == 0  # no float copy of the input (nor the kernel: x needs no grad)
+        else:
+            assert floats >= x.numel()
+
+
 @pytest.mark.parametrize("channels_last", [True, False], ids=["nhwc", "nchw"])
 def test_fused_sign_ste_equals_torch(channels_last, monkeypatch):
     """The one-pass sign + mask of the sign STE: same values, strides and gradients as torch's."""

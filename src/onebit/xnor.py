@@ -189,8 +189,10 @@ class _Conv2d(torch.autograd.Function):
             y = y.clone(memory_format=torch.contiguous_format)
         need_x, need_w = ctx.needs_input_grad[:2]
         # convolution_backward reads the input only for the kernel's gradient, the kernel only
-        # for the input's: save just what is needed, remember the rest's layout.
-        ctx.save_for_backward(x if need_w else None, w if need_x else None)
+        # for the input's: save just what is needed, remember the rest's layout. The +/-1 input
+        # is kept as its packed bits (32x smaller) and unpacked in backward, exactly.
+        bits = torch.from_numpy(xbits.view(np.int64)) if need_w else None
+        ctx.save_for_backward(bits, w if need_x else None)
         ctx.layouts = [(t.shape, t.stride()) for t in (x, w)]
         ctx.geometry = (stride, dilation, conv_padding, extra, pad_value)
         ctx.has_bias = bias is not None
@@ -198,10 +200,11 @@ class _Conv2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        x, w = ctx.saved_tensors
+        bits, w = ctx.saved_tensors
         stride, dilation, conv_padding, extra, pad_value = ctx.geometry
-        if x is None:
-            x = torch.empty_strided(*ctx.layouts[0], dtype=grad.dtype)
+        x = torch.empty_strided(*ctx.layouts[0], dtype=grad.dtype)
+        if bits is not None:  # the +/-1 input, unpacked into its forward layout
+            _kernels().unpack_sign_into(bits.numpy().view(np.uint64), x.detach().numpy().transpose(0, 2, 3, 1))
         if w is None:
             w = torch.empty_strided(*ctx.layouts[1], dtype=grad.dtype)
         if extra:  # the layer's own constant padding, redone as its forward did it

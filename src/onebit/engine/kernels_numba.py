@@ -377,3 +377,21 @@ def _sign_and_mask(x, clip, out, mask):
 def sign_and_mask(x: np.ndarray, clip: float, out: np.ndarray, mask: np.ndarray) -> None:
     """Fill flat float32 ``out`` with sign(x) (sign(0) = +1) and bool ``mask`` with |x| <= clip."""
     _sign_and_mask(x, np.float32(clip), out, mask)
+
+
+@njit(parallel=True, cache=True)
+def _unpack_sign_into(bits, out):
+    n, h, w, c = out.shape
+    for r in prange(n * h):
+        i = r // h
+        j = r % h
+        for k in range(w):
+            for ch in range(c):
+                word = bits[i, j, k, ch >> 6]
+                out[i, j, k, ch] = np.float32(1.0) - np.float32(2.0) * np.float32((word >> np.uint64(ch & 63)) & np.uint64(1))
+
+
+def unpack_sign_into(bits: np.ndarray, out: np.ndarray) -> None:
+    """Inverse of ``pack_sign_count``: +/-1 float32 values of packed ``bits`` (N, H, W, words)
+    written into ``out`` (N, H, W, C), a view of any strides (a torch tensor's NHWC view)."""
+    _unpack_sign_into(bits, out)
