@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from . import quantizers
+from .engine.kernels_numpy import out_size
 
 __all__ = ["MIN_MACS", "available", "get_mode", "set_mode", "use", "conv2d", "linear", "binary_quantizer",
            "sign_and_mask"]
@@ -232,7 +233,7 @@ def conv2d(x, w, bias, stride, dilation, pads, pad_value, conv_padding):
     if x.dim() != 4 or pad_value not in (0.0, 1.0) or not _applicable(x, w, bias):
         return None
     k = w.shape[1] * w.shape[2] * w.shape[3]
-    out = [(x.shape[2 + i] + b + a - dilation[i] * (w.shape[2 + i] - 1) - 1) // stride[i] + 1
+    out = [out_size(x.shape[2 + i], w.shape[2 + i], stride[i], dilation[i], b, a)
            for i, (b, a) in enumerate(pads)]
     if k >= _MAX_K or 0 in x.shape or min(out) < 1 or not _wanted(x.shape[0] * out[0] * out[1] * w.shape[0] * k):
         return None
