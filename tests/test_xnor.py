@@ -30,6 +30,18 @@ def run(layer, x, mode):
     return y.detach(), x.grad, grads, fast(y)
 
 
+def record_fast_calls(monkeypatch, *names):
+    """List that gets, per call of the named ``xnor`` functions, whether the popcount path ran."""
+    calls = []
+    for name in names:
+        def counted(*args, _f=getattr(xnor, name)):
+            y = _f(*args)
+            calls.append(y is not None)
+            return y
+        monkeypatch.setattr(xnor, name, counted)
+    return calls
+
+
 def _format(y):
     cl = y.dim() == 4 and y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous()
     return torch.channels_last if cl else torch.contiguous_format
@@ -210,15 +222,7 @@ def test_training_keeps_the_loss_curve(tmp_path, monkeypatch):
     from onebit.recipes import load_recipe
     from onebit.training import train
 
-    calls = []
-
-    def counted(*args):
-        y = conv2d(*args)
-        calls.append(y is not None)
-        return y
-
-    conv2d = xnor.conv2d
-    monkeypatch.setattr(xnor, "conv2d", counted)
+    calls = record_fast_calls(monkeypatch, "conv2d")
     results = {}
     for mode in ("on", "off"):
         config = dict(load_recipe("mnist-bop").config)
@@ -310,13 +314,7 @@ def _cifar_shaped_bnn():
 def test_cifar_shaped_training_keeps_the_loss_curve(monkeypatch):
     """Issue 7's CIFAR-10-shaped check: 40 Bop + Adam steps of a narrow BinaryNet on 32x32x3
     batches give the same loss at every step and the same weights with the popcount forward."""
-    calls = []
-    for name in ("conv2d", "linear"):
-        def counted(*args, _f=getattr(xnor, name)):
-            y = _f(*args)
-            calls.append(y is not None)
-            return y
-        monkeypatch.setattr(xnor, name, counted)
+    calls = record_fast_calls(monkeypatch, "conv2d", "linear")
     g = torch.Generator().manual_seed(1)
     data = [((torch.rand(16, 3, 32, 32, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last),
              torch.randint(0, 10, (16,), generator=g)) for _ in range(8)]
