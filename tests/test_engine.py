@@ -15,8 +15,9 @@ from torch import nn
 
 import onebit
 from onebit import QuantConv2d, QuantLinear
-from onebit.engine import EngineError, export, kernels_numpy, load
-from onebit.engine.bits import pack_sign, popcount, unpack_sign
+from onebit.engine import EngineError, export, load
+from onebit.kernels import reference as kernels_numpy
+from onebit.kernels.bits import pack_sign, popcount, unpack_sign
 
 BACKENDS = onebit.engine.available_backends()
 needs_numba = pytest.mark.skipif("numba" not in BACKENDS, reason="numba not installed")
@@ -78,7 +79,7 @@ def _random_conv_case(rng, n, h, w, c, o, k):
     (64, 64, 3, 1, 2, ((2, 2), (2, 2)), 0),
 ])
 def test_numba_kernels_equal_numpy(c, o, k, stride, dil, pads, pad_value):
-    from onebit.engine import kernels_numba as kb
+    from onebit.kernels import jit as kb
 
     rng = np.random.default_rng(c + o)
     x, wt = _random_conv_case(rng, 2, 7, 9, c, o, k)
@@ -111,7 +112,7 @@ def test_numba_kernels_equal_numpy(c, o, k, stride, dil, pads, pad_value):
     (3, 64, 7, 2, ((2, 3), (2, 3)), 0.0),
 ])
 def test_numba_float_conv_fuses_batch_norm_and_packing(c, o, k, stride, pads, pad_value):
-    from onebit.engine import kernels_numba as kb
+    from onebit.kernels import jit as kb
 
     rng = np.random.default_rng(o)
     x = rng.standard_normal((2, 11, 9, c)).astype(np.float32)
@@ -379,7 +380,7 @@ def test_onnx_pad_values_become_constant_pads(tmp_path):
 
 
 def test_cli_export_and_bench(tmp_path, capsys):
-    from onebit.engine.cli import cmd_bench_engine, cmd_export
+    from onebit.cli.deploy import cmd_bench_engine, cmd_export
 
     path = tmp_path / "m.obe"
     assert cmd_export(["small_cnn", str(path), "--input-size", "1,28,28"]) == 0

@@ -1,8 +1,8 @@
 """onebit: binarized neural networks in PyTorch, trained with Bop.
 
 Public API (re-exports only): quantizers, quantized layers, constraints, optimizers, metrics,
-the model zoo and summary, the bit-packed engine, and ``xnor`` (the switch of binary layers'
-popcount forward in training). Without torch installed only ``onebit.engine`` (the numpy runtime
+the model zoo and summary, the bit-packed engine, ``settings`` (every process-wide switch) and
+``xnor`` (the popcount-forward switch under its short name). Without torch installed only ``onebit.engine`` (the numpy runtime
 of exported files) is available.
 """
 
@@ -16,7 +16,7 @@ except ModuleNotFoundError as _e:  # a deployment without torch: only onebit.eng
 if _torch is None:
     from . import engine  # noqa: F401  (numpy runtime of exported files)
 else:
-    from . import constraints, metrics, models, optim, quantizers, xnor
+    from . import constraints, functional, metrics, models, optim, quantizers, settings, xnor
     from .layers import (
         QuantConv1d,
         QuantConv2d,
@@ -30,7 +30,7 @@ else:
         real_parameters,
     )
     from .models import create_model, list_models
-    from .summary import ModelSummary, summary
+    from .model_summary import ModelSummary, summary
     from . import engine
     from .engine import export_onnx
 
@@ -48,6 +48,7 @@ __all__ = [
     "binary_parameters",
     "constraints",
     "create_model",
+    "functional",
     "engine",
     "export_onnx",
     "list_models",
@@ -56,6 +57,7 @@ __all__ = [
     "optim",
     "quantizers",
     "real_parameters",
+    "settings",
     "summary",
     "ModelSummary",
     "xnor",

@@ -6,9 +6,9 @@ equal Larq's (``larq.quantizers``, v0.13): ``sign(0) = +1`` everywhere, clipped 
 estimators pass the gradient where ``|x| <= clip_value`` (inclusive), ``clip_value=None`` passes it
 everywhere, and DoReFa rounds half to even (as ``tf.round`` and ``torch.round`` both do).
 
-The sign-type quantizers are single ``autograd.Function``s that save a boolean mask (1 byte per
-element) rather than the float input, so the quantized activations of a BNN cost a quarter of the
-memory in backward, and sign and mask come from one read of the input.
+The autograd functions behind them live in ``onebit.functional``. This module holds the one
+definition of "binary": ``is_binary`` (a 1-bit quantizer: Bop's parameters, the summary's bit
+counts) and ``is_sign`` (its output is exactly sign(x), +/-1: what XOR + popcount needs).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from .functional import needs_grad, round_identity, sign, sign_with_derivative, ste_heaviside, ste_sign, ste_tern
 
 __all__ = [
     "Quantizer",
@@ -33,116 +35,9 @@ __all__ = [
     "get",
     "set_precision",
     "precision_of",
+    "is_binary",
+    "is_sign",
 ]
-
-
-def sign(x: torch.Tensor) -> torch.Tensor:
-    """+1 where x >= 0 (zero and -0.0 included), -1 elsewhere, same dtype (Larq's ``math.sign``)."""
-    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-
-
-class _SteSignFn(torch.autograd.Function):
-    """sign(x) forward; grad * 1{|x| <= clip} backward (identity when clip is None)."""
-
-    @staticmethod
-    def forward(ctx, x, clip_value):
-        from . import xnor  # here: xnor imports this module
-
-        fused = None if clip_value is None else xnor.sign_and_mask(x, clip_value)
-        if fused is not None:  # one numba pass instead of four torch ones (onebit.xnor)
-            out, mask = fused
-        else:
-            out = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-            mask = None if clip_value is None else x.abs() <= clip_value
-        ctx.clip = mask is not None
-        ctx.save_for_backward(*([mask] if ctx.clip else []))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        if not ctx.clip:
-            return grad, None
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
-
-
-def _needs_grad(x: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and x.requires_grad
-
-
-def ste_sign(x: torch.Tensor, clip_value: float | None = 1.0) -> torch.Tensor:
-    """Functional SteSign: sign(x) with the clipped straight-through pseudo-gradient.
-
-    Without autograd (inference, ``no_grad``) only the sign is computed, not the backward mask.
-    """
-    if not _needs_grad(x):
-        return sign(x)
-    return _SteSignFn.apply(x, clip_value)
-
-
-class _SteHeavisideFn(torch.autograd.Function):
-    """1{x > 0} forward; the clipped straight-through estimator backward."""
-
-    @staticmethod
-    def forward(ctx, x, clip_value):
-        out = (x > 0).to(x.dtype)
-        ctx.clip = clip_value is not None
-        if ctx.clip:
-            ctx.save_for_backward(x.abs() <= clip_value)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        if not ctx.clip:
-            return grad, None
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
-
-
-class _SignWithGradFn(torch.autograd.Function):
-    """sign(x) forward; grad * d(x) backward, where d is a surrogate derivative of x."""
-
-    @staticmethod
-    def forward(ctx, x, derivative):
-        ctx.save_for_backward(x)
-        ctx.derivative = derivative
-        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * ctx.derivative(x), None
-
-
-class _TernFn(torch.autograd.Function):
-    """Ternary forward sign(sign(x + t) + sign(x - t)); clipped STE backward."""
-
-    @staticmethod
-    def forward(ctx, x, threshold, clip_value):
-        out = torch.sign(torch.sign(x + threshold) + torch.sign(x - threshold))
-        ctx.clip = clip_value is not None
-        if ctx.clip:
-            ctx.save_for_backward(x.abs() <= clip_value)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        if not ctx.clip:
-            return grad, None, None
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None, None
-
-
-class _RoundIdentityFn(torch.autograd.Function):
-    """round(x * n) / n forward (half to even), identity backward."""
-
-    @staticmethod
-    def forward(ctx, x, n):
-        return torch.round(x * n) / n
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
 
 
 class Quantizer(nn.Module):
@@ -186,9 +81,7 @@ class ApproxSign(Quantizer):
     precision = 1
 
     def forward(self, x):
-        if not _needs_grad(x):
-            return sign(x)
-        return _SignWithGradFn.apply(x, _approx_sign_derivative)
+        return sign_with_derivative(x, _approx_sign_derivative)
 
 
 class SwishSign(Quantizer):
@@ -210,9 +103,7 @@ class SwishSign(Quantizer):
         return b * (2.0 - bx * torch.tanh(bx / 2.0)) / (1.0 + torch.cosh(bx))
 
     def forward(self, x):
-        if not _needs_grad(x):
-            return sign(x)
-        return _SignWithGradFn.apply(x, self._derivative)
+        return sign_with_derivative(x, self._derivative)
 
 
 class MagnitudeAwareSign(Quantizer):
@@ -251,7 +142,7 @@ class SteHeaviside(Quantizer):
         self.clip_value = clip_value
 
     def forward(self, x):
-        return _SteHeavisideFn.apply(x, self.clip_value)
+        return ste_heaviside(x, self.clip_value)
 
 
 class SteTern(Quantizer):
@@ -281,7 +172,7 @@ class SteTern(Quantizer):
             threshold = 0.7 * x.detach().abs().mean()
         else:
             threshold = self.threshold_value
-        return _TernFn.apply(x, threshold, self.clip_value)
+        return ste_tern(x, threshold, self.clip_value)
 
 
 class DoReFa(Quantizer):
@@ -306,12 +197,12 @@ class DoReFa(Quantizer):
     def forward(self, x):
         n = 2**self.k_bit - 1
         if self.mode == "activations":
-            return _RoundIdentityFn.apply(torch.clamp(x, 0.0, 1.0), n)
+            return round_identity(torch.clamp(x, 0.0, 1.0), n)
         if self.mode == "weights":
             t = torch.tanh(x)
             peak = t.detach().abs().max()
             scaled = torch.where(peak > 0, t / (2 * peak), torch.zeros_like(t)) + 0.5
-            return 2 * _RoundIdentityFn.apply(scaled, n) - 1
+            return 2 * round_identity(scaled, n) - 1
         raise ValueError(f"DoReFa mode={self.mode!r} is not supported; use one of {self.modes}")
 
 
@@ -388,3 +279,34 @@ def set_precision(bits: int):
 def precision_of(quantizer) -> int | None:
     """The precision in bits of a quantizer (None when it has none, or no quantizer)."""
     return getattr(quantizer, "precision", None) if quantizer is not None else None
+
+
+def is_binary(quantizer) -> bool:
+    """Whether ``quantizer`` is 1-bit (precision 1): its layer's kernel is one of Bop's parameters
+    and counts 1 bit per weight in the summary. Sign, scaled sign and {0, 1} quantizers all are."""
+    return precision_of(quantizer) == 1
+
+
+# Quantizers whose forward is exactly ``functional.sign`` by construction (their type, not a subclass).
+_SIGN_TYPES = (SteSign, ApproxSign, SwishSign)
+_PROBE = torch.tensor([-3.0, -1.0, -0.5, -1e-30, -0.0, 0.0, 1e-30, 0.5, 1.0, 3.0])
+
+
+def is_sign(quantizer, *, kernel: bool = False, probe: bool = True) -> bool:
+    """Whether ``quantizer``'s output is exactly sign(x) in {-1, +1} with sign(0) = +1 (any
+    pseudo-gradient): what bit-packed XOR + popcount arithmetic needs.
+
+    onebit's sign quantizers are known by type. Any other 1-bit quantizer (a subclass, a user's
+    function) is probed on a few values around 0 unless ``probe=False`` (the training fast path
+    asks per call and takes only the known types). ``kernel=True`` also accepts ``NoOp(precision=1)``:
+    Bop keeps such kernels in {-1, +1} itself; their values must still be checked where used.
+    """
+    if type(quantizer) in _SIGN_TYPES:
+        return True
+    if kernel and type(quantizer) is NoOp and quantizer.precision == 1:
+        return True
+    if not probe or not is_binary(quantizer):
+        return False
+    with torch.no_grad():
+        out = quantizer(_PROBE.clone())
+    return isinstance(out, torch.Tensor) and bool(torch.equal(out, sign(_PROBE)))

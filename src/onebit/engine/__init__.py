@@ -12,7 +12,7 @@ write packed bits through per-channel integer thresholds; their outputs equal to
 This package imports no torch: ``export`` and ``export_onnx`` import it when called.
 """
 
-from .bits import EngineError, pack_sign, unpack_sign
+from ..kernels.bits import EngineError, pack_sign, unpack_sign
 from .runtime import Runtime, available_backends, load
 
 __all__ = ["EngineError", "Runtime", "available_backends", "export", "export_onnx", "load",
@@ -20,14 +20,14 @@ __all__ = ["EngineError", "Runtime", "available_backends", "export", "export_onn
 
 
 def export(model, path, input_size) -> dict:
-    """Write ``model`` to ``path`` as a packed engine file; see ``onebit.engine.export.export``."""
-    from .export import export as _export
+    """Write ``model`` to ``path`` as a packed engine file; see ``onebit.engine.exporter.export``."""
+    from .exporter import export as _export
 
     return _export(model, path, input_size)
 
 
 def export_onnx(model, path, input_size=None, **kwargs):
-    """Write ``model`` as a standard ONNX graph; see ``onebit.engine.onnx.export_onnx``."""
-    from .onnx import export_onnx as _export_onnx
+    """Write ``model`` as a standard ONNX graph; see ``onebit.engine.onnx_export.export_onnx``."""
+    from .onnx_export import export_onnx as _export_onnx
 
     return _export_onnx(model, path, input_size=input_size, **kwargs)

@@ -14,24 +14,18 @@ import os
 
 import numpy as np
 
-from . import bits as _bits
-from . import kernels_numpy as _np_kernels
-from .bits import EngineError, unpack_sign
+from ..kernels import bits as _bits
+from ..kernels import jit_kernels
+from ..kernels import reference as _np_kernels
+from ..kernels.bits import EngineError, unpack_sign
 
 __all__ = ["Runtime", "load", "available_backends"]
 
 
-def _numba_kernels():
-    try:
-        from . import kernels_numba
-    except ImportError:
-        return None
-    return kernels_numba
-
 
 def available_backends() -> list[str]:
     """Backends that work here: "numba" (when numba imports) and "numpy"."""
-    return (["numba"] if _numba_kernels() is not None else []) + ["numpy"]
+    return (["numba"] if jit_kernels() is not None else []) + ["numpy"]
 
 
 def _pads(p):
@@ -45,7 +39,7 @@ class Runtime:
                  num_threads: int | None = None):
         if backend not in ("auto", "numba", "numpy"):
             raise EngineError(f"backend={backend!r} is not one of 'auto', 'numba', 'numpy'")
-        jit = _numba_kernels() if backend in ("auto", "numba") else None
+        jit = jit_kernels() if backend in ("auto", "numba") else None
         if backend == "numba" and jit is None:
             raise EngineError("backend='numba' needs numba (pip install 'onebit[jit]'); use 'numpy'")
         self.backend = "numba" if jit is not None else "numpy"

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import QuantLayer, same_padding
+from ..layers import Pool2dSame, QuantLayer
 
 # Keras BatchNormalization defaults: momentum 0.99 (torch momentum = 1 - Keras momentum), eps 1e-3.
 KERAS_BN_MOMENTUM = 0.01
@@ -85,34 +85,6 @@ def init_kernel(module: nn.Module, scheme: str = "glorot_uniform") -> nn.Module:
 def keras_bn(num_features: int, momentum: float = 0.99, eps: float = KERAS_BN_EPS, **kw) -> nn.Module:
     """``batch_norm`` taking the *Keras* momentum (0.99, 0.9, 0.8), converted to torch's."""
     return batch_norm(num_features, momentum=round(1.0 - momentum, 10), eps=eps, **kw)
-
-
-class Pool2dSame(nn.Module):
-    """Max or average pooling with TensorFlow's ``padding="same"``: output = ceil(input / stride),
-    the odd padded pixel at the end; max pools pad with -inf and average pools ignore padding
-    (Keras semantics, which torch's symmetric ``padding=`` cannot express)."""
-
-    def __init__(self, kind: str, kernel_size: int, stride: int):
-        super().__init__()
-        if kind not in ("max", "avg"):
-            raise ValueError(f"pool kind={kind!r} must be 'max' or 'avg'")
-        self.kind, self.kernel_size, self.stride = kind, kernel_size, stride
-
-    def forward(self, x):
-        pads = [same_padding(n, self.kernel_size, self.stride, 1) for n in x.shape[2:]]
-        flat = [p for before_after in reversed(pads) for p in before_after]
-        if self.kind == "max":
-            x = F.pad(x, flat, value=float("-inf")) if any(flat) else x
-            return F.max_pool2d(x, self.kernel_size, self.stride)
-        if not any(flat):
-            return F.avg_pool2d(x, self.kernel_size, self.stride)
-        ones = torch.ones_like(x[:1, :1])
-        total = F.avg_pool2d(F.pad(x, flat), self.kernel_size, self.stride)
-        share = F.avg_pool2d(F.pad(ones, flat), self.kernel_size, self.stride)
-        return total / share
-
-    def extra_repr(self) -> str:
-        return f"{self.kind}, kernel_size={self.kernel_size}, stride={self.stride}, padding=same"
 
 
 def global_pool_head(features: int, num_classes: int, init: str = "glorot_uniform") -> nn.Sequential:

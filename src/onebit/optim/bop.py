@@ -33,6 +33,8 @@ import warnings
 import torch
 from torch.optim import Optimizer
 
+from ..functional import write_sign
+
 __all__ = ["Bop", "Bop2ndOrder", "bop"]
 
 
@@ -56,17 +58,11 @@ def _as_param_list(params, owner):
     return params
 
 
-def _write_signs(w: torch.Tensor, flip: torch.Tensor) -> None:
-    """In place: w <- sign(w) (sign(0) = +1), negated where ``flip``; w is read before written."""
-    one = torch.ones((), dtype=w.dtype, device=w.device)
-    torch.where(torch.logical_xor(w < 0, flip), -one, one, out=w)
-
-
 def _bop_single(w, g, m, gamma, threshold):
     """One parameter's Bop update in place; returns the number of flips (0-dim int64)."""
     m.add_(torch.sub(g, m).mul_(gamma))
     flip = torch.mul(w, m) > threshold
-    _write_signs(w, flip)
+    write_sign(w, flip)
     return flip.sum()
 
 
@@ -74,12 +70,10 @@ def _fused_update(w, g, m, gamma, threshold):
     """Bop's update written as one expression so torch.compile emits a single pass."""
     m_new = m + gamma * (g - m)
     flip = w * m_new > threshold
-    w.copy_(torch.where(torch.logical_xor(w < 0, flip), -1.0, 1.0).to(w.dtype))
+    w.copy_(torch.where(torch.logical_xor(w < 0, flip), -1.0, 1.0).to(w.dtype))  # write_sign, traceable
     m.copy_(m_new)
     return flip.sum()
 
-
-_compiled = None
 
 # Groups with at least this many weights take the compiled path by default (fused=None): below it
 # the one-off compile (seconds) costs more than it saves.
@@ -99,19 +93,26 @@ def _flat_views(*tensors):
     return [t.as_strided((t.numel(),), (1,), t.storage_offset()) for t in tensors]
 
 
-def _fused_call(w, g, m, gamma, threshold):
-    """Run the compiled update; fall back to eager (with a warning) where compiling fails."""
-    global _compiled
-    if _compiled is None:
-        _compiled = torch.compile(_fused_update, dynamic=True, fullgraph=True)
-    try:
-        return _compiled(w, g, m, gamma, threshold)
-    except Exception as err:  # no C compiler, unsupported device, ...
-        if _compiled is _fused_update:
-            raise
-        warnings.warn(f"Bop: torch.compile failed ({type(err).__name__}: {err}); using eager Bop")
-        _compiled = _fused_update
-        return _fused_update(w, g, m, gamma, threshold)
+class FusedStep:
+    """Bop's update compiled by ``torch.compile`` into one pass per tensor, compiled on first call.
+
+    Each ``Bop`` owns one (no process-wide state); where compiling fails (no C compiler,
+    unsupported device, ...) it warns once and runs the same update eagerly from then on."""
+
+    def __init__(self):
+        self._fn = None
+
+    def __call__(self, w, g, m, gamma, threshold):
+        if self._fn is None:
+            self._fn = torch.compile(_fused_update, dynamic=True, fullgraph=True)
+        try:
+            return self._fn(w, g, m, gamma, threshold)
+        except Exception as err:  # no C compiler, unsupported device, ...
+            if self._fn is _fused_update:
+                raise
+            warnings.warn(f"Bop: torch.compile failed ({type(err).__name__}: {err}); using eager Bop")
+            self._fn = _fused_update
+            return _fused_update(w, g, m, gamma, threshold)
 
 
 def bop(
@@ -124,11 +125,16 @@ def bop(
     maximize: bool = False,
     foreach: bool = False,
     fused: bool = False,
+    fused_step: FusedStep | None = None,
 ) -> list[torch.Tensor]:
-    """Functional Bop: update ``params`` and ``exp_avgs`` in place, return flips per parameter."""
+    """Functional Bop: update ``params`` and ``exp_avgs`` in place, return flips per parameter.
+
+    ``fused_step``: the compiled update to use with ``fused=True`` (a ``Bop`` passes its own);
+    None compiles a new one (torch.compile's cache makes that cheap after the first)."""
     if maximize:
         grads = torch._foreach_neg(grads) if foreach else [-g for g in grads]
     if fused:
+        fused_step = fused_step if fused_step is not None else FusedStep()
         flips = []
         # 0-dim tensors, not Python floats: a new gamma (a schedule) must not trigger a recompile.
         gamma_t = torch.as_tensor(gamma, dtype=params[0].dtype, device=params[0].device)
@@ -138,7 +144,7 @@ def bop(
             if flat is None:  # exotic strides: eager, rather than one compile per layout
                 flips.append(_bop_single(w, g, m, gamma, threshold))
             else:
-                flips.append(_fused_call(*flat, gamma_t, threshold_t))
+                flips.append(fused_step(*flat, gamma_t, threshold_t))
         return flips
     if not foreach:
         return [_bop_single(w, g, m, gamma, threshold) for w, g, m in zip(params, grads, exp_avgs)]
@@ -150,7 +156,7 @@ def bop(
     flips = []
     for w, prod in zip(params, products):
         flip = prod > threshold
-        _write_signs(w, flip)
+        write_sign(w, flip)
         flips.append(flip.sum())
     return flips
 
@@ -187,6 +193,7 @@ class Bop(Optimizer):
         defaults = dict(lr=gamma, threshold=threshold, maximize=maximize, foreach=foreach, fused=fused)
         super().__init__(params, defaults)
         self.last_flips: torch.Tensor | None = None
+        self._fused_step = FusedStep()
 
     def add_param_group(self, param_group: dict) -> None:
         if "gamma" in param_group:
@@ -255,6 +262,7 @@ class Bop(Optimizer):
             flips = bop(
                 params, grads, exp_avgs, gamma=group["lr"], threshold=group["threshold"],
                 maximize=group["maximize"], foreach=foreach, fused=fused,
+                fused_step=self.__dict__.setdefault("_fused_step", FusedStep()),  # unpickled: a new one
             )
             for p, f in zip(params, flips):
                 self.state[p]["flips"] = f
@@ -313,7 +321,7 @@ class Bop2ndOrder(Optimizer):
                 m.lerp_(g, group["lr"])
                 v.lerp_(g * g, group["sigma"])
                 flip = w * m / (v.sqrt() + group["eps"]) > group["threshold"]
-                _write_signs(w, flip)
+                write_sign(w, flip)
                 state["flips"] = flip.sum()
                 flips.append(state["flips"])
         self.last_flips = torch.stack(flips).sum() if flips else None

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__, xnor
+from .. import __version__, settings
+from ..layers import popcount
 from ..data import Loader
 from ..metrics import LOG_EPS
 from . import checkpoint, distributed
@@ -179,10 +180,10 @@ def train(
     """
     config = validate(dict(config))
     mode = config.get("xnor_forward", "auto")  # run folders from before the key: auto
-    if mode == "on" and not xnor.available():
+    if mode == "on" and not popcount.available():
         raise ConfigError("xnor_forward='on' needs numba, which is not installed (pip install 'onebit[jit]'); "
                           "allowed without it: auto, off")
-    with xnor.use(mode):  # the switch holds for this run only
+    with settings.override(popcount_forward=mode):  # the switch holds for this run (this thread) only
         return _train(config, recipe=recipe, source=source, run_dir=run_dir, resume=resume, verbose=verbose,
                       stream=stream, on_step=on_step)
 

@@ -69,8 +69,8 @@ def _train_parser() -> _Parser:
 
 
 def _recipe_help(name: str) -> str:
-    from .recipes import load_recipe
-    from .training.config import FIELDS
+    from ..recipes import load_recipe
+    from ..training.config import FIELDS
 
     recipe = load_recipe(name)
     lines = [
@@ -100,7 +100,7 @@ def _recipe_help(name: str) -> str:
 
 
 def cmd_train(argv: list[str], default_recipe: str | None = None) -> int:
-    from .recipes import load_recipe
+    from ..recipes import load_recipe
 
     if "-h" in argv or "--help" in argv:
         positional, _ = _split_overrides([a for a in argv if not a.startswith("-")])
@@ -129,8 +129,8 @@ def cmd_train(argv: list[str], default_recipe: str | None = None) -> int:
         raise UsageError(f"--jobs {args.jobs}: must be >= 1")
     verbose = not args.quiet
 
-    from .training import Interrupted, format_summary, train
-    from .training.config import apply_overrides
+    from ..training import Interrupted, format_summary, train
+    from ..training.config import apply_overrides
 
     try:
         if args.resume:
@@ -138,7 +138,7 @@ def cmd_train(argv: list[str], default_recipe: str | None = None) -> int:
                 raise UsageError(f"--resume takes the recipe from the run folder; drop {positional[0]!r}")
             from pathlib import Path
 
-            from .training import load_checkpoint
+            from ..training import load_checkpoint
 
             last = Path(args.resume) / "last.pt"
             if not last.is_file():
@@ -149,11 +149,11 @@ def cmd_train(argv: list[str], default_recipe: str | None = None) -> int:
         else:
             recipe = load_recipe(positional[0] if positional else MAIN_RECIPE).with_overrides(overrides)
             if recipe.kind == "sweep":
-                from .training.experiments import run_sweep
+                from ..training.experiments import run_sweep
 
                 summary = run_sweep(recipe, jobs=args.jobs, verbose=verbose)
             elif recipe.kind == "approximation-viewpoint":
-                from .training.experiments import approximation_viewpoint
+                from ..training.experiments import approximation_viewpoint
 
                 summary = approximation_viewpoint(recipe, verbose=verbose)
             else:
@@ -178,8 +178,8 @@ def cmd_train(argv: list[str], default_recipe: str | None = None) -> int:
 
 def cmd_list(argv: list[str]) -> int:
     _Parser(prog="onebit list", description="List the recipes and the models.").parse_args(argv)
-    from .models import list_models
-    from .recipes import list_recipes, load_recipe
+    from ..models import list_models
+    from ..recipes import list_recipes, load_recipe
 
     print("recipes (onebit train RECIPE):")
     for name in list_recipes():
@@ -208,9 +208,9 @@ def cmd_summary(argv: list[str]) -> int:
     args = p.parse_args(argv)
     import torch
 
-    from .models import create_model, list_models
-    from .recipes import list_recipes, load_recipe
-    from .training.build import build_model
+    from ..models import create_model, list_models
+    from ..recipes import list_recipes, load_recipe
+    from ..training.build import build_model
 
     shape = None
     if args.input_size:
@@ -232,9 +232,8 @@ def cmd_summary(argv: list[str]) -> int:
         raise UsageError(
             f"unknown model or recipe {args.model!r}; models: {', '.join(list_models())}; recipes: {', '.join(list_recipes())}"
         )
-    import importlib
+    from ..model_summary import summary as model_summary
 
-    model_summary = importlib.import_module("onebit.summary").summary
     model.eval()
     with torch.no_grad():
         result = model_summary(model, (1, *shape), print_fn=None)
@@ -248,8 +247,8 @@ def cmd_eval(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data_dir=PATH if the data moved")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     args = p.parse_args(argv)
-    from .training.config import parse_value
-    from .training.experiments import evaluate_run
+    from ..training.config import parse_value
+    from ..training.experiments import evaluate_run
 
     overrides = {}
     for item in args.overrides:
@@ -268,7 +267,7 @@ def cmd_plot(argv: list[str]) -> int:
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", default="compare.png", help="comparison PNG for several runs (default compare.png)")
     args = p.parse_args(argv)
-    from .training.plots import plot_compare, plot_run
+    from ..training.plots import plot_compare, plot_run
 
     for d in args.run_dirs:
         for path in plot_run(d):
@@ -279,13 +278,13 @@ def cmd_plot(argv: list[str]) -> int:
 
 
 def cmd_export(argv: list[str]) -> int:
-    from .engine.cli import cmd_export as run
+    from .deploy import cmd_export as run
 
     return run(argv)
 
 
 def cmd_bench_engine(argv: list[str]) -> int:
-    from .engine.cli import cmd_bench_engine as run
+    from .deploy import cmd_bench_engine as run
 
     return run(argv)
 
@@ -323,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, rest = argv[0], argv[1:]
-    from .data import DataError
-    from .training.config import ConfigError
+    from ..data import DataError
+    from ..training.config import ConfigError
 
     try:
         if command in EXPERIMENT_COMMANDS:

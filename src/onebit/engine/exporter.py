@@ -25,20 +25,17 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from .. import quantizers as q
-from ..layers import QuantConv2d, QuantDepthwiseConv2d, QuantLayer, QuantLinear
-from . import bits as _bits
-from .bits import EngineError, pack_bool
+from ..kernels import bits as _bits
+from ..kernels.bits import EngineError, pack_bool
+from ..kernels.geometry import same_padding
+from ..layers import Pool2dSame, QuantConv2d, QuantDepthwiseConv2d, QuantLayer, QuantLinear
 
 __all__ = ["export", "build", "EngineError"]
 
-_PROBE = torch.tensor([-3.0, -1.0, -0.5, -1e-30, -0.0, 0.0, 1e-30, 0.5, 1.0, 3.0])
 
 
-try:  # the zoo's TensorFlow-style "same" pooling: shape-dependent, so a leaf with its own rule
-    from ..models.common import Pool2dSame
-except ImportError:  # pragma: no cover - zoo without it
-    Pool2dSame = None
-_LEAVES = tuple(c for c in (QuantLayer, q.Quantizer, Pool2dSame) if c is not None)
+# Pool2dSame (TensorFlow-style "same" pooling) is shape-dependent: a leaf with its own rule.
+_LEAVES = (QuantLayer, q.Quantizer, Pool2dSame)
 
 
 class _Tracer(fx.Tracer):
@@ -61,15 +58,6 @@ class _Op:
     shape: tuple
     module: object = None
     attrs: dict = field(default_factory=dict)
-
-
-def _is_sign(quantizer) -> bool:
-    """True when ``quantizer`` computes sign(x) with sign(0) = +1 (any pseudo-gradient)."""
-    if quantizer is None or q.precision_of(quantizer) != 1:
-        return False
-    with torch.no_grad():
-        out = quantizer(_PROBE.clone())
-    return bool(torch.equal(out, torch.where(_PROBE >= 0, 1.0, -1.0)))
 
 
 def _qname(quantizer) -> str:
@@ -227,8 +215,7 @@ class _GraphBuilder:
             return self._add("avgpool", node, [x], kernel=k, stride=s, padding=p,
                              ceil_mode=bool(m.ceil_mode), count_include_pad=bool(m.count_include_pad),
                              divisor_override=m.divisor_override)
-        if Pool2dSame is not None and isinstance(m, Pool2dSame):
-            from ..layers import same_padding
+        if isinstance(m, Pool2dSame):
 
             k, st = int(m.kernel_size), int(m.stride)
             pads = [list(same_padding(int(n), k, st, 1)) for n in in_shape[2:]]
@@ -249,7 +236,7 @@ class _GraphBuilder:
             self.alias[node.name] = x
             return
         if isinstance(m, q.Quantizer) or callable(m) and q.precision_of(m) is not None:
-            if not _is_sign(m):
+            if not q.is_sign(m):
                 raise EngineError(f"layer {name!r}: quantizer {_qname(m)} is not a sign (+/-1) "
                                   f"quantizer; the engine runs sign activations only")
             return self._add("sign", node, [x])
@@ -266,7 +253,7 @@ class _GraphBuilder:
         iq = getattr(m, "input_quantizer", None)
         binary_input = False
         if iq is not None:
-            if not _is_sign(iq):
+            if not q.is_sign(iq):
                 raise EngineError(f"layer {name!r}: input_quantizer {_qname(iq)} is not a sign "
                                   f"(+/-1) quantizer; the engine runs sign or real-valued inputs")
             binary_input = True
@@ -727,7 +714,7 @@ def export(model: nn.Module, path, input_size) -> dict:
 def _summary_bits(model, input_size):
     """Model size in bits from ``onebit.summary`` (None if it is unavailable or fails)."""
     try:
-        from ..summary import summary
+        from ..model_summary import summary
     except ImportError:
         return None
     try:

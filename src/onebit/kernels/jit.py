@@ -2,7 +2,7 @@
 
 ``popcount`` is a tiny intrinsic that emits LLVM's ``llvm.ctpop.i64``; LLVM lowers it to the
 ``popcnt`` instruction (or ``vpopcntq`` where AVX-512 VPOPCNTDQ exists) and vectorizes the
-reduction loops. Each kernel computes the same integers as ``kernels_numpy`` (tests check that
+reduction loops. Each kernel computes the same integers as ``onebit.kernels.reference`` (tests check that
 they are equal) and fuses the output transform: float ``d * mul + add`` or threshold bits packed on
 the fly, so a binary layer writes packed bits directly.
 
@@ -18,7 +18,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .bits import popcount as _popcount_np
-from .kernels_numpy import out_size
+from .geometry import out_size
 
 
 @intrinsic

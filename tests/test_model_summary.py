@@ -8,7 +8,7 @@ from torch import nn
 
 import onebit as ob
 from onebit.models.common import batch_norm
-from onebit.summary import ModelSummary, memory_as_readable_str, number_as_readable_str
+from onebit.model_summary import ModelSummary, memory_as_readable_str, number_as_readable_str
 
 
 def larq_profile_model() -> nn.Sequential:

@@ -16,20 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bits import pack_bool, popcount
-
-
-def out_size(size: int, k: int, stride: int, dilation: int, before: int, after: int,
-             ceil_mode: bool = False) -> int:
-    """Output length of a window op over ``size`` padded by (before, after), torch's rule."""
-    span = size + before + after - dilation * (k - 1) - 1
-    if span < 0:
-        return 0
-    if not ceil_mode:
-        return span // stride + 1
-    n = -(-span // stride) + 1
-    if (n - 1) * stride >= size + before:  # the last window must start inside the input or pad
-        n -= 1
-    return n
+from .geometry import out_size
 
 
 def tap_validity(h, w, kh, kw, stride, dilation, pads, ho, wo) -> np.ndarray:

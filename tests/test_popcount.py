@@ -1,5 +1,6 @@
-"""onebit.xnor: the popcount forward gives F.conv2d's / F.linear's exact outputs and bit-identical
-gradients, falls back where it cannot apply, and keeps a model's loss curve (issue 7)."""
+"""onebit.layers.popcount (switched by onebit.xnor / onebit.settings): the popcount forward gives
+F.conv2d's / F.linear's exact outputs and bit-identical gradients, falls back where it cannot apply,
+and keeps a model's loss curve."""
 
 import csv
 
@@ -8,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import onebit as ob
-from onebit import xnor
+from onebit import kernels, xnor
+from onebit.layers import popcount
 
 pytest.importorskip("numba")
 
@@ -31,14 +33,14 @@ def run(layer, x, mode):
 
 
 def record_fast_calls(monkeypatch, *names):
-    """List that gets, per call of the named ``xnor`` functions, whether the popcount path ran."""
+    """List that gets, per call of the named ``popcount`` functions, whether the popcount path ran."""
     calls = []
     for name in names:
-        def counted(*args, _f=getattr(xnor, name)):
+        def counted(*args, _f=getattr(popcount, name)):
             y = _f(*args)
             calls.append(y is not None)
             return y
-        monkeypatch.setattr(xnor, name, counted)
+        monkeypatch.setattr(popcount, name, counted)
     return calls
 
 
@@ -183,27 +185,27 @@ def test_switch_and_auto_size_threshold(monkeypatch):
     x = torch.randn(2, 8, 5, 5)  # 2 * 3 * 3 * 4 * 72 MACs
     assert xnor.get_mode() == "auto" and xnor.available()
     assert not fast(layer(x))  # auto: too small to pay
-    monkeypatch.setattr(xnor, "MIN_MACS", 2 * 3 * 3 * 4 * 72)
+    monkeypatch.setattr(popcount, "MIN_MACS", 2 * 3 * 3 * 4 * 72)
     assert fast(layer(x))
     previous = xnor.set_mode("off")
     try:
         assert previous == "auto" and xnor.get_mode() == "off" and not fast(layer(x))
     finally:
         xnor.set_mode(previous)
-    monkeypatch.setattr(xnor, "MIN_MACS", 2**40)
+    monkeypatch.setattr(popcount, "MIN_MACS", 2**40)
     with xnor.use("on"):  # on: whatever the size
         assert fast(layer(x))
         with xnor.use(False):
             assert xnor.get_mode() == "off" and not fast(layer(x))
         assert xnor.get_mode() == "on"
     assert xnor.get_mode() == "auto"
-    with pytest.raises(ValueError, match="xnor forward mode 'fast' is not one of 'auto', 'on', 'off'"):
+    with pytest.raises(ValueError, match="popcount_forward='fast' is not one of 'auto', 'on', 'off'"):
         xnor.set_mode("fast")
 
 
 def test_on_without_numba_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(xnor, "_jit", False)
-    monkeypatch.setattr(xnor, "MIN_MACS", 0)
+    monkeypatch.setattr(kernels, "_jit", False)
+    monkeypatch.setattr(popcount, "MIN_MACS", 0)
     assert not xnor.available()
     with pytest.raises(RuntimeError, match="needs numba.*onebit\\[jit\\].*'auto' or 'off'"):
         xnor.set_mode("on")
@@ -217,7 +219,7 @@ def test_on_without_numba_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_training_keeps_the_loss_curve(tmp_path, monkeypatch):
-    """Issue 7's "accuracy must not move": 300 Bop steps of the small CNN (two binary convs with
+    """Accuracy must not move: 300 Bop steps of the small CNN (two binary convs with
     the popcount forward, two binary dense layers) give the same losses and weights either way."""
     from onebit.recipes import load_recipe
     from onebit.training import train
@@ -289,7 +291,7 @@ def test_fused_sign_ste_equals_torch(channels_last, monkeypatch):
     assert torch.equal(y, y0) and y.stride() == y0.stride()
     assert torch.equal(gx, gx0)
     assert xnor.sign_and_mask(x, 1.0) is not None
-    monkeypatch.setattr(xnor, "_jit", None)  # "auto" before any popcount forward loaded numba
+    monkeypatch.setattr(kernels, "_jit", None)  # "auto" before any popcount forward loaded numba
     assert xnor.sign_and_mask(x, 1.0) is None
     with xnor.use("off"):
         assert xnor.sign_and_mask(x, 1.0) is None
@@ -312,7 +314,7 @@ def _cifar_shaped_bnn():
 
 
 def test_cifar_shaped_training_keeps_the_loss_curve(monkeypatch):
-    """Issue 7's CIFAR-10-shaped check: 40 Bop + Adam steps of a narrow BinaryNet on 32x32x3
+    """A CIFAR-10-shaped check: 40 Bop + Adam steps of a narrow BinaryNet on 32x32x3
     batches give the same loss at every step and the same weights with the popcount forward."""
     calls = record_fast_calls(monkeypatch, "conv2d", "linear")
     g = torch.Generator().manual_seed(1)

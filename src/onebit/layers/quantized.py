@@ -11,21 +11,23 @@ stride (total = max((ceil(n/s) - 1) s + (k - 1) d + 1 - n, 0), the odd pixel at 
 stride 1 is exactly torch's "same"; torch itself refuses "same" with strides > 1.
 
 ``kernel_constraint`` (e.g. ``"weight_clip"``) is applied in place after every step of any
-``torch.optim.Optimizer`` that holds the layer's weight, through one global step post-hook, so it
-cannot be forgotten; ``apply_constraints(model)`` applies them by hand.
+``torch.optim.Optimizer`` that holds the layer's weight, so it cannot be forgotten (see
+``onebit.constraints``); ``apply_constraints(model)`` applies them by hand.
+
+Binary layers whose input and kernel are exactly +/-1 compute their forward with XOR + popcount
+where that is faster (``onebit.layers.popcount``, the ``popcount_forward`` switch of
+``onebit.settings``): the same outputs and gradients as torch's op.
 """
 
 from __future__ import annotations
 
-import math
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from . import constraints, quantizers, xnor
+from .. import constraints, quantizers, settings
+from ..kernels.geometry import same_padding
+from . import popcount
 
 __all__ = [
     "QuantLayer",
@@ -40,43 +42,29 @@ __all__ = [
     "apply_constraints",
 ]
 
-# Every live quantized layer; the step hook applies the constraints of those whose weight the
-# stepping optimizer holds.
-_LAYERS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-_HOOK_HANDLE = None
-
-
-def _apply_constraints_after_step(optimizer, args, kwargs):
-    layers = [m for m in list(_LAYERS) if m.kernel_constraint is not None]
-    if not layers:
-        return
-    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for layer in layers:
-        if id(layer.weight) in held:
-            layer.kernel_constraint(layer.weight)
-
-
-def _register(layer: nn.Module) -> None:
-    global _HOOK_HANDLE
-    _LAYERS.add(layer)
-    if _HOOK_HANDLE is None:
-        _HOOK_HANDLE = register_optimizer_step_post_hook(_apply_constraints_after_step)
-
-
 class QuantLayer:
     """Mixin of every onebit quantized layer: quantizers, constraint and padding value."""
 
     def _init_quant(self, input_quantizer, kernel_quantizer, kernel_constraint, pad_values=0.0):
         self.input_quantizer = quantizers.get(input_quantizer)
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
-        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.kernel_constraint = kernel_constraint
         self.pad_values = float(pad_values)
-        _register(self)
+
+    @property
+    def kernel_constraint(self):
+        """Applied in place to the weight after every optimizer step (None: no constraint)."""
+        return self.__dict__.get("_kernel_constraint")
+
+    @kernel_constraint.setter
+    def kernel_constraint(self, value):
+        self.__dict__["_kernel_constraint"] = constraints.get(value)
+        constraints.enforce(self)
 
     def __setstate__(self, state):
-        # Copies (deepcopy, pickle) skip __init__: register them too.
+        # Copies (deepcopy, pickle) skip __init__: enforce their constraints too.
         super().__setstate__(state)
-        _register(self)
+        constraints.enforce(self)
 
     @property
     def input_precision(self) -> int | None:
@@ -97,10 +85,11 @@ class QuantLayer:
     def _quantize_input(self, x):
         return x if self.input_quantizer is None else self.input_quantizer(x)
 
-    def _xnor_eligible(self) -> bool:
-        """Whether input and kernel are exact +/-1 by construction (``onebit.xnor`` may apply)."""
-        return (xnor.get_mode() != "off" and xnor.binary_quantizer(self.input_quantizer)
-                and xnor.binary_quantizer(self.kernel_quantizer, kernel=True))
+    def _popcount_eligible(self) -> bool:
+        """Whether input and kernel are exact +/-1 by construction (the popcount forward may apply)."""
+        return (settings.get("popcount_forward") != "off"
+                and quantizers.is_sign(self.input_quantizer, probe=False)
+                and quantizers.is_sign(self.kernel_quantizer, kernel=True, probe=False))
 
     def _quant_repr(self) -> str:
         parts = []
@@ -132,20 +121,14 @@ class QuantLinear(QuantLayer, nn.Linear):
     def forward(self, x):
         x = self._quantize_input(x)
         w = self.quantized_weight()
-        if self._xnor_eligible():
-            y = xnor.linear(x, w, self.bias)
+        if self._popcount_eligible():
+            y = popcount.linear(x, w, self.bias)
             if y is not None:
                 return y
         return F.linear(x, w, self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()
-
-
-def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow's SAME padding (before, after) of one spatial dimension."""
-    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
 
 
 class _QuantConvNd(QuantLayer):
@@ -187,24 +170,24 @@ class _QuantConvNd(QuantLayer):
             return [(0, 0)] * len(self.kernel_size)
         return [(p, p) for p in self.padding]
 
-    def _xnor_forward(self, x, w):
-        """The popcount forward of ``onebit.xnor`` (same output and gradients) or None."""
+    def _popcount_forward(self, x, w):
+        """The popcount forward (same output and gradients as torch's) or None where it does not apply."""
         if (type(self)._conv is not F.conv2d or x.dim() != 4 or self.groups != 1
-                or self.padding_mode != "zeros" or not self._xnor_eligible()):
+                or self.padding_mode != "zeros" or not self._popcount_eligible()):
             return None
         spatial = tuple(x.shape[2:])
         pads = self.explicit_padding(spatial)
         if pads is not None:  # the layer pads with pad_values, then convolves unpadded
-            return xnor.conv2d(x, w, self.bias, self.stride, self.dilation, pads, self.pad_values, (0, 0))
+            return popcount.conv2d(x, w, self.bias, self.stride, self.dilation, pads, self.pad_values, (0, 0))
         pads = self.padding_for(spatial)
         # torch pads with zeros: the symmetric part in the conv, "same"'s odd pixel before it
-        return xnor.conv2d(x, w, self.bias, self.stride, self.dilation, pads, 0.0,
+        return popcount.conv2d(x, w, self.bias, self.stride, self.dilation, pads, 0.0,
                            [min(b, a) for b, a in pads])
 
     def forward(self, x):
         x = self._quantize_input(x)
         w = self.quantized_weight()
-        y = self._xnor_forward(x, w)
+        y = self._popcount_forward(x, w)
         if y is not None:
             return y
         pads = self.explicit_padding(tuple(x.shape[2:]))
@@ -352,7 +335,7 @@ class QuantConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
 def _binary_weight_ids(model: nn.Module) -> dict[int, torch.Tensor]:
     found = {}
     for module in model.modules():
-        if isinstance(module, QuantLayer) and quantizers.precision_of(module.kernel_quantizer) == 1:
+        if isinstance(module, QuantLayer) and quantizers.is_binary(module.kernel_quantizer):
             found.setdefault(id(module.weight), module.weight)
     return found
 

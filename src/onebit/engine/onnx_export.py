@@ -16,8 +16,8 @@ from torch import nn
 
 from .. import quantizers as q
 from ..layers import QuantLayer
-from .bits import EngineError
-from .export import _is_sign, _qname
+from ..kernels.bits import EngineError
+from .exporter import _qname
 
 
 class OnnxSign(nn.Module):
@@ -35,7 +35,7 @@ def onnx_ready(model: nn.Module) -> nn.Module:
         if isinstance(m, QuantLayer):
             iq = m.input_quantizer
             if iq is not None:
-                if not _is_sign(iq):
+                if not q.is_sign(iq):
                     raise EngineError(f"layer {name!r}: input_quantizer {_qname(iq)} is not a sign "
                                       f"quantizer; ONNX export supports sign and real inputs")
                 m.input_quantizer = OnnxSign()
@@ -46,7 +46,7 @@ def onnx_ready(model: nn.Module) -> nn.Module:
             m.kernel_constraint = None
     for name, m in list(model.named_modules()):  # standalone activation quantizers
         if isinstance(m, q.Quantizer):
-            if not _is_sign(m):
+            if not q.is_sign(m):
                 raise EngineError(f"layer {name!r}: quantizer {_qname(m)} is not a sign quantizer")
             parent, _, attr = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, attr, OnnxSign())

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from .bits import EngineError
+from ..engine import EngineError
 
 
 def _fail(message: str) -> int:
@@ -72,7 +72,7 @@ def cmd_export(argv: list[str]) -> int:
     p.add_argument("--onnx", metavar="PATH", help="also write a standard ONNX graph to PATH")
     a = p.parse_args(argv)
     try:
-        from .export import export
+        from ..engine import export
 
         if os.path.isdir(a.run_dir):
             model, size = model_from_run(a.run_dir, a.which)
@@ -98,7 +98,7 @@ def cmd_export(argv: list[str]) -> int:
               + (f"; {report['size_ratio']:.3f} x onebit.summary's model size"
                  if "size_ratio" in report else ""))
         if a.onnx:
-            from .onnx import export_onnx
+            from ..engine import export_onnx
 
             export_onnx(model, a.onnx, size)
             print(f"wrote {a.onnx} (ONNX)")
@@ -133,7 +133,7 @@ def cmd_bench_engine(argv: list[str]) -> int:
     p.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"])
     p.add_argument("--input-size", help="C,H,W for a zoo model name (default 3,32,32)")
     a = p.parse_args(argv)
-    from .runtime import load
+    from ..engine import load
 
     try:
         model = None
@@ -142,7 +142,7 @@ def cmd_bench_engine(argv: list[str]) -> int:
             if not os.path.isfile(a.target):
                 import torch
 
-                from .export import export
+                from ..engine import export
 
                 torch.set_num_threads(a.threads)
                 if os.path.isdir(a.target):
