@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 import onebit as ob
-from onebit.models.common import batch_norm
 from onebit.model_summary import ModelSummary, memory_as_readable_str, number_as_readable_str
+from onebit.models.common import batch_norm
 
 
 def larq_profile_model() -> nn.Sequential:

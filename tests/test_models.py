@@ -74,7 +74,7 @@ def test_model_counts_and_summary(name):
     if "keras" in expected:
         assert keras_param_count(model) == expected["keras"]
     assert str(s).startswith(f"{name} summary\n") and "Total params" in str(s)
-    doc = ob.models._registry._MODELS[name].__doc__
+    doc = ob.models.model_info(name).builder.__doc__
     assert doc and "%" in doc, f"{name} needs a docstring with its accuracy"
 
 
@@ -143,3 +143,24 @@ def test_bad_initialiser_and_batch_norm_arguments():
         batch_norm(4, center=False)
     with pytest.raises(ValueError, match="'sum'"):
         Pool2dSame("sum", 2, 2)
+
+
+@pytest.mark.parametrize("name", sorted(SETUP))
+def test_model_info_gives_the_builders_defaults(name):
+    """The registry's metadata: the default model takes inputs of ``input_size`` and gives
+    ``num_classes`` logits; a keyword the builder does not take is one clear error."""
+    info = ob.models.model_info(name)
+    assert info.name == name and info.dataset in ("mnist", "cifar10", "imagenet") and info.description
+    assert info.accepts("num_classes") and not info.accepts("no_such_keyword")
+    with pytest.raises(ValueError, match=f"model '{name}' takes no argument 'no_such_keyword'; it takes: .*num_classes"):
+        ob.create_model(name, no_such_keyword=1)
+    if info.dataset == "imagenet":
+        return  # building 224x224 ImageNet models is covered by the count test above
+    model = ob.create_model(name).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, *info.input_size)).shape == (2, info.num_classes)
+
+
+def test_model_info_of_an_unknown_model_lists_the_zoo():
+    with pytest.raises(ValueError, match="unknown model 'resnet50'; available: .*binarynet"):
+        ob.models.model_info("resnet50")

@@ -36,7 +36,7 @@ def record_fast_calls(monkeypatch, *names):
     """List that gets, per call of the named ``popcount`` functions, whether the popcount path ran."""
     calls = []
     for name in names:
-        def counted(*args, _f=getattr(popcount, name)):
+        def counted(*args, _f=getattr(popcount, name)):  # noqa: B008  (bind this name's function)
             y = _f(*args)
             calls.append(y is not None)
             return y

@@ -16,7 +16,8 @@ except ModuleNotFoundError as _e:  # a deployment without torch: only onebit.eng
 if _torch is None:
     from . import engine  # noqa: F401  (numpy runtime of exported files)
 else:
-    from . import constraints, functional, metrics, models, optim, quantizers, settings, xnor
+    from . import constraints, engine, functional, metrics, models, optim, quantizers, settings, xnor
+    from .engine import export_onnx
     from .layers import (
         QuantConv1d,
         QuantConv2d,
@@ -29,10 +30,8 @@ else:
         binary_parameters,
         real_parameters,
     )
-    from .models import create_model, list_models
     from .model_summary import ModelSummary, summary
-    from . import engine
-    from .engine import export_onnx
+    from .models import create_model, list_models
 
 __version__ = "0.1.0"
 

@@ -34,8 +34,8 @@ MACs and the shares that are binary (1-bit) and ternary (2-bit).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -134,7 +134,7 @@ class ModelSummary:
     ternary_mac_ratio: float = 0.0
 
     @classmethod
-    def from_layers(cls, name: str, layers: list[LayerSummary]) -> "ModelSummary":
+    def from_layers(cls, name: str, layers: list[LayerSummary]) -> ModelSummary:
         params: dict[int, int] = {}
         macs: dict[int, int] = {}
         for layer in layers:

@@ -13,12 +13,12 @@ counts) and ``is_sign`` (its output is exactly sign(x), +/-1: what XOR + popcoun
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from .functional import needs_grad, round_identity, sign, sign_with_derivative, ste_heaviside, ste_sign, ste_tern
+from .functional import round_identity, sign, sign_with_derivative, ste_heaviside, ste_sign, ste_tern
 
 __all__ = [
     "Quantizer",

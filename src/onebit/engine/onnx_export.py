@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from .. import quantizers as q
-from ..layers import QuantLayer
 from ..kernels.bits import EngineError
+from ..layers import QuantLayer
 from .exporter import _qname
 
 

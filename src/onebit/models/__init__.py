@@ -1,4 +1,5 @@
-"""The model zoo: ``create_model(name, num_classes=..., **kw)`` and ``list_models()``.
+"""The model zoo: ``create_model(name, num_classes=..., **kw)``, ``list_models()`` and
+``model_info(name)`` (input size, classes, data set, accepted keywords).
 
 One file per family; each builder is registered under its function name.
 """
@@ -16,6 +17,6 @@ from . import (  # noqa: F401  (importing a family registers its models)
     small_cnn,
     xnornet,
 )
-from ._registry import create_model, list_models, register_model
+from .registry import ModelInfo, create_model, list_models, model_info, register_model
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]

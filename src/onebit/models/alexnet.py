@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import QuantConv2d, QuantLinear
-from ._registry import register_model
-from .common import pooled_size, glorot_init, keras_bn
+from .common import glorot_init, keras_bn, pooled_size
+from .registry import register_model
 
 
 @register_model

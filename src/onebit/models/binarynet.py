@@ -5,11 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import QuantConv2d, QuantLinear
-from ._registry import register_model
 from .common import batch_norm, glorot_init
+from .registry import register_model
 
 
-@register_model
+@register_model(dataset="cifar10")
 def binarynet(
     num_classes: int = 10,
     in_channels: int = 3,

@@ -8,8 +8,8 @@ from torch import nn
 from ..constraints import WeightClip
 from ..layers import QuantConv2d
 from ..quantizers import SteSign
-from ._registry import register_model
 from .common import Pool2dSame, global_pool_head, init_kernel, keras_bn
+from .registry import register_model
 
 
 class DenseLayer(nn.Module):

@@ -7,8 +7,8 @@ from torch import nn
 
 from ..layers import QuantConv2d, QuantLinear
 from ..quantizers import DoReFa, Quantizer
-from ._registry import register_model
 from .common import Pool2dSame, glorot_init, init_kernel, keras_bn
+from .registry import register_model
 
 
 class _ScaledSignFn(torch.autograd.Function):

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import QuantConv2d
-from ._registry import register_model
 from .common import Pool2dSame, global_pool_head, init_kernel, keras_bn
+from .registry import register_model
 
 
 def _conv(in_channels, out_channels, kernel_size, stride=1, groups=1, quant=None):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from ..layers import QuantConv2d
-from ._registry import register_model
-from .common import downsample_shortcut, Pool2dSame, global_pool_head, init_kernel, keras_bn
+from .common import Pool2dSame, downsample_shortcut, global_pool_head, init_kernel, keras_bn
+from .registry import register_model
 
 
 class HalfBlock(nn.Module):

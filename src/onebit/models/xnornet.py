@@ -7,8 +7,8 @@ from torch import nn
 
 from ..layers import QuantConv2d
 from ..quantizers import Quantizer, SteSign
-from ._registry import register_model
-from .common import pooled_size, glorot_init, init_kernel, keras_bn
+from .common import glorot_init, init_kernel, keras_bn, pooled_size
+from .registry import register_model
 
 
 class XnorWeightScale(Quantizer):

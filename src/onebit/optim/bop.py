@@ -110,7 +110,7 @@ class FusedStep:
         except Exception as err:  # no C compiler, unsupported device, ...
             if self._fn is _fused_update:
                 raise
-            warnings.warn(f"Bop: torch.compile failed ({type(err).__name__}: {err}); using eager Bop")
+            warnings.warn(f"Bop: torch.compile failed ({type(err).__name__}: {err}); using eager Bop", stacklevel=2)
             self._fn = _fused_update
             return _fused_update(w, g, m, gamma, threshold)
 

@@ -3,7 +3,6 @@ gamma/lr schedules, and the flip source. Shared by training, evaluation and the 
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
@@ -13,7 +12,7 @@ from .. import constraints, quantizers
 from ..layers import QuantLayer, binary_parameters, real_parameters
 from ..data import load_dataset
 from ..metrics import FlipCounter
-from ..models import create_model, list_models
+from ..models import create_model, list_models, model_info
 from ..optim import Bop, CaseOptimizer
 from .config import ConfigError
 
@@ -60,12 +59,8 @@ def build_model(config: dict, num_classes: int, shape: tuple[int, int, int]) -> 
         kernel_quantizer=_kernel_quantizer(config),
         kernel_constraint=_kernel_constraint(config),
     )
-    from ..models import _registry
-
-    builder = _registry._MODELS[name]
-    params = inspect.signature(builder).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    info = model_info(name)
+    kwargs = {k: v for k, v in kwargs.items() if info.accepts(k)}  # e.g. no image_size: any size
     try:
         model = create_model(name, **kwargs)
     except ValueError as e:
