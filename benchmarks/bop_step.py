@@ -70,8 +70,7 @@ def main() -> None:
     adam = torch.optim.Adam(params, lr=1e-3, foreach=True)
     rows.append(("torch Adam foreach", median_ms(adam.step, args.repeats)))
 
-    print(f"Bop step on {n:,} weights ({len(shapes)} tensors), {args.threads} threads, "
-          f"median of {args.repeats}")
+    print(f"Bop step on {n:,} weights ({len(shapes)} tensors), {args.threads} threads, median of {args.repeats}")
     print(f"{'':32s} {'ms':>8s} {'x floor':>8s}")
     for label, ms in rows:
         print(f"{label:32s} {ms:8.2f} {ms / floor:8.2f}")

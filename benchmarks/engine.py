@@ -62,8 +62,7 @@ def _torch_layer_inputs(model, x):
     inputs, hooks = {}, []
     for name, m in model.named_modules():
         if isinstance(m, QuantLayer) and m.input_quantizer is not None:
-            hooks.append(m.register_forward_hook(
-                lambda mod, args, out, name=name: inputs.__setitem__(name, args[0])))
+            hooks.append(m.register_forward_hook(lambda mod, args, out, name=name: inputs.__setitem__(name, args[0])))
     with torch.no_grad():
         model(x)
     for h in hooks:
@@ -97,8 +96,7 @@ def bench(model_name, batches, threads, repeats, backend):
                     continue
                 layer = modules[op["name"]]
                 xt = t_inputs[op["name"]]
-                te, tl = _median_pair(lambda: rt.run_op(i, args[i]), lambda: _no_grad(layer, xt),
-                                      repeats)
+                te, tl = _median_pair(lambda: rt.run_op(i, args[i]), lambda: _no_grad(layer, xt), repeats)
                 xs = torch.where(xt >= 0, 1.0, -1.0)
                 ws = torch.where(layer.weight >= 0, 1.0, -1.0).detach()
                 if isinstance(layer, QuantConv2d):
@@ -108,8 +106,7 @@ def bench(model_name, batches, threads, repeats, backend):
                     bare = lambda: F.conv2d(xs, ws, None, layer.stride)  # noqa: E731
                 else:
                     bare = lambda: F.linear(xs, ws)  # noqa: E731
-                te2, tc = _median_pair(lambda: rt.run_op(i, args[i]), lambda: _no_grad_fn(bare),
-                                       repeats)
+                te2, tc = _median_pair(lambda: rt.run_op(i, args[i]), lambda: _no_grad_fn(bare), repeats)
                 rows.append((batch, op["name"], op["op"], _shape(op), min(te, te2), tl, tc))
             te, tt = _median_pair(lambda: rt(x.numpy()), lambda: _no_grad(model, x), repeats)
             e2e.append((batch, te, tt))
@@ -143,23 +140,30 @@ def main(argv=None):
     report, rows, e2e = bench(a.model, a.batches, a.threads, a.repeats, a.backend)
     import numba
 
-    print(f"# {a.model}: onebit engine ({a.backend}, numba threading layer "
-          f"{os.environ.get('NUMBA_THREADING_LAYER', 'default')}) vs torch {torch.__version__} fp32, "
-          f"{a.threads} threads, median of {a.repeats}; load average {os.getloadavg()[0]:.1f}")
-    print(f"# file {report['file_bytes']:,} B; binary kernels {report['binary_weight_bits'] // 8:,} B "
-          f"(fp32: {report['binary_weight_bits'] * 4:,} B, 32x); "
-          f"file / onebit.summary size = {report.get('size_ratio', float('nan')):.3f}")
-    print("| batch | layer | op | shape | engine ms | torch layer ms | torch conv ms | x vs layer "
-          "| x vs conv |")
+    print(
+        f"# {a.model}: onebit engine ({a.backend}, numba threading layer "
+        f"{os.environ.get('NUMBA_THREADING_LAYER', 'default')}) vs torch {torch.__version__} fp32, "
+        f"{a.threads} threads, median of {a.repeats}; load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"# file {report['file_bytes']:,} B; binary kernels {report['binary_weight_bits'] // 8:,} B "
+        f"(fp32: {report['binary_weight_bits'] * 4:,} B, 32x); "
+        f"file / onebit.summary size = {report.get('size_ratio', float('nan')):.3f}"
+    )
+    print("| batch | layer | op | shape | engine ms | torch layer ms | torch conv ms | x vs layer | x vs conv |")
     print("|---|---|---|---|---|---|---|---|---|")
     for b, name, kind, shape, te, tl, tc in rows:
-        print(f"| {b} | {name} | {kind} | {shape} | {te * 1e3:.3f} | {tl * 1e3:.3f} | "
-              f"{tc * 1e3:.3f} | {tl / te:.1f} | {tc / te:.1f} |")
+        print(
+            f"| {b} | {name} | {kind} | {shape} | {te * 1e3:.3f} | {tl * 1e3:.3f} | "
+            f"{tc * 1e3:.3f} | {tl / te:.1f} | {tc / te:.1f} |"
+        )
     for b in sorted({r[0] for r in rows}):
         sel = [r for r in rows if r[0] == b]
         te, tl, tc = (sum(r[i] for r in sel) for i in (4, 5, 6))
-        print(f"| {b} | all binary layers | | | {te * 1e3:.3f} | {tl * 1e3:.3f} | {tc * 1e3:.3f} | "
-              f"{tl / te:.1f} | {tc / te:.1f} |")
+        print(
+            f"| {b} | all binary layers | | | {te * 1e3:.3f} | {tl * 1e3:.3f} | {tc * 1e3:.3f} | "
+            f"{tl / te:.1f} | {tc / te:.1f} |"
+        )
     print("\n| batch | engine end-to-end ms | torch end-to-end ms | speed-up |")
     print("|---|---|---|---|")
     for b, te, tt in e2e:

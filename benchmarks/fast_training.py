@@ -117,8 +117,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"train step, {args.threads} threads, medians of {args.steps} interleaved rounds; torch {torch.__version__}")
     print(f"xnor forward: {ob.xnor.get_mode() if ob.xnor.available() else 'off (numba missing)'}")
-    print(f"{'model':12s} {'batch':>5s} {'plain fp32 ms':>14s} {'onebit ms':>10s} {'ratio':>6s} "
-          f"{'xnor off ms':>11s} {'ratio':>6s} {'plain saved MiB':>15s} {'onebit saved MiB':>16s}")
+    print(
+        f"{'model':12s} {'batch':>5s} {'plain fp32 ms':>14s} {'onebit ms':>10s} {'ratio':>6s} "
+        f"{'xnor off ms':>11s} {'ratio':>6s} {'plain saved MiB':>15s} {'onebit saved MiB':>16s}"
+    )
     for name in args.models:
         shape = SHAPES[name]
         torch.manual_seed(0)
@@ -137,14 +139,18 @@ def main() -> None:
         mode = ob.xnor.get_mode()
         # plain fp32, onebit's defaults, onebit with the popcount forward off: one step each per round
         plain_t, ours_t, off_t = interleaved_steps(
-            [(plain, plain_opt, x, y, "off"), (model, opt, x_cl, y, mode), (model, opt, x_cl, y, "off")], steps)
+            [(plain, plain_opt, x, y, "off"), (model, opt, x_cl, y, mode), (model, opt, x_cl, y, "off")], steps
+        )
         plain_ms, ours_ms, off_ms = (statistics.median(t) for t in (plain_t, ours_t, off_t))
         ratio = statistics.median(o / p for o, p in zip(ours_t, plain_t))
         ratio_off = statistics.median(o / p for o, p in zip(off_t, plain_t))
         plain_mem, ours_mem = saved_activation_mib(plain, x), saved_activation_mib(model, x_cl)
-        print(f"{name:12s} {shape[0]:5d} {plain_ms:14.1f} {ours_ms:10.1f} {ratio:6.2f} "
-              f"{off_ms:11.1f} {ratio_off:6.2f} {plain_mem:15.1f} {ours_mem:16.1f}")
+        print(
+            f"{name:12s} {shape[0]:5d} {plain_ms:14.1f} {ours_ms:10.1f} {ratio:6.2f} "
+            f"{off_ms:11.1f} {ratio_off:6.2f} {plain_mem:15.1f} {ours_mem:16.1f}"
+        )
         del plain, plain_opt, model, opt
+
 
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ import torch
 import onebit.training.loop as loop
 from onebit.optim import Bop
 from onebit.recipes import load_recipe
-from onebit.training import train
+from onebit.training import RunFolder, load_checkpoint, train
 from onebit.training.config import apply_overrides
 
 
@@ -53,7 +53,7 @@ def main() -> int:
 
         Bop.step = patched
 
-    base = torch.load(os.path.join(resume, "last.pt"), weights_only=False)["config"] if resume else load_recipe("mnist-bop").config
+    base = load_checkpoint(RunFolder(resume).last)["config"] if resume else load_recipe("mnist-bop").config
     config = apply_overrides(base, args)
     summary = train(config, recipe="mnist-bop", resume=resume, verbose=rank == 0)
     torch.save({k: v.cpu() for k, v in captured["model"].state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))

@@ -34,10 +34,19 @@ def run_cli(capsys, *args):
         (["summary", "resnet9000"], "unknown model or recipe 'resnet9000'; models: "),
         (["eval", "/nonexistent/run"], "not a onebit run folder"),
         (["summary", "small_cnn", "--input-size", "abc"], "expected C,H,W"),
+        (["export", "small_cnn", "x.obe"], "a zoo model name needs --input-size C,H,W"),
+        (["export", "small_cnn", "x.obe", "--input-size", "0,1"], "--input-size '0,1': expected C,H,W"),
+        (["export", "a", "b", "--bogus"], "unrecognized arguments: --bogus"),
+        (["bench-engine", "no_such_model"], "neither a run folder nor a zoo model (binary_alexnet"),
+        (["bench-engine", "small_cnn", "--backend", "gpu"], "invalid choice: 'gpu'"),
+        (["eval", "/nonexistent/run", "--checkpoint", "first"], "invalid choice: 'first'"),
+        (["list", "extra"], "unrecognized arguments: extra"),
     ],
 )
 def test_errors_are_one_line_exit_2(capsys, tmp_path, args, match):
-    code, out, err = run_cli(capsys, *args, *([f"out={tmp_path}"] if args[0] == "train" and "--resume" not in args else []))
+    code, out, err = run_cli(
+        capsys, *args, *([f"out={tmp_path}"] if args[0] == "train" and "--resume" not in args else [])
+    )
     assert code == 2
     assert err.startswith("onebit: error: ") and err.count("\n") == 1 and match in err, err
     assert "Traceback" not in err
@@ -66,6 +75,10 @@ def test_list(capsys):
 def test_summary(capsys):
     code, out, _ = run_cli(capsys, "summary", "small_cnn")
     assert code == 0 and len(out.splitlines()) > 5
+    # a model's default input is its own (binarynet: CIFAR-10's 3,32,32)
+    code, out, _ = run_cli(capsys, "summary", "binarynet")
+    code2, out2, _ = run_cli(capsys, "summary", "binarynet", "--input-size", "3,32,32")
+    assert code == code2 == 0 and out == out2
     code, out2, _ = run_cli(capsys, "summary", "mnist-bop")
     assert code == 0 and len(out2.splitlines()) > 5
 
@@ -88,13 +101,30 @@ def test_train_eval_plot_resume(capsys, tmp_path):
     engine_file = tmp_path / "model.obe"
     code, out, err = run_cli(capsys, "export", str(run_dir), str(engine_file))
     assert code == 0 and engine_file.is_file(), err
-    code, out, err = run_cli(capsys, "bench-engine", str(engine_file), "--batch", "1", "--repeats", "1",
-                             "--threads", "1", "--backend", "numpy")
+    code, out, err = run_cli(
+        capsys,
+        "bench-engine",
+        str(engine_file),
+        "--batch",
+        "1",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--backend",
+        "numpy",
+    )
     assert code == 0 and "ms" in out, err
+    # a run folder: the model rebuilt from the run, at its data set's input size, also timed in torch
+    code, out, err = run_cli(
+        capsys, "bench-engine", str(run_dir), "--batch", "2", "--repeats", "1", "--threads", "1", "--backend", "numpy"
+    )
+    assert code == 0 and "| 2 |" in out and "| - |" not in out, err
+    code, out, err = run_cli(capsys, "eval", str(run_dir), "--checkpoint", "last")
+    assert code == 0 and "last.pt" in out, err
 
 
 def test_ctrl_c_exit_code(capsys, tmp_path, monkeypatch):
-    import onebit.training.loop as loop
     from onebit.training import Interrupted
 
     def interrupted(*a, **k):
@@ -103,3 +133,15 @@ def test_ctrl_c_exit_code(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("onebit.training.train", interrupted)
     code, _, err = run_cli(capsys, "train", *TINY, f"out={tmp_path}")
     assert code == 130 and "onebit train --resume" in err
+
+
+def test_package_layout():
+    """The console script's entry point and ``python -m onebit``; each command's module."""
+    import onebit.cli as cli
+    from onebit.cli import deploy, info, train
+
+    assert cli.__all__ == ["main"]
+    assert cli.COMMANDS["export"] is deploy.cmd_export and cli.COMMANDS["summary"] is info.cmd_summary
+    assert cli.COMMANDS["train"] is train.cmd_train
+    p = subprocess.run([sys.executable, "-m", "onebit", "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "bench-engine" in p.stdout

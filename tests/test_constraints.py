@@ -22,10 +22,13 @@ def test_get():
     assert constraints.get(fn) is fn
 
 
-@pytest.mark.parametrize("bad, message", [
-    ("clip", "unknown constraint 'clip'; valid names: weight_clip"),
-    (3, "cannot use 3 as a constraint"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("clip", "unknown constraint 'clip'; valid names: weight_clip"),
+        (3, "cannot use 3 as a constraint"),
+    ],
+)
 def test_get_rejects(bad, message):
     with pytest.raises(ValueError, match=message):
         constraints.get(bad)

@@ -46,9 +46,15 @@ def write_cifar(root, n_per_batch=8, n_test=6):
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(1, 6):
-        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n_per_batch).tolist()}
+        batch = {
+            b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
+            b"labels": rng.integers(0, 10, n_per_batch).tolist(),
+        }
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
-    test = {b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n_test).tolist()}
+    test = {
+        b"data": rng.integers(0, 256, (n_test, 3072), dtype=np.uint8),
+        b"labels": rng.integers(0, 10, n_test).tolist(),
+    }
     (folder / "test_batch").write_bytes(pickle.dumps(test))
     names = [f"class{i}".encode() for i in range(10)]
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))

@@ -5,7 +5,6 @@ rendezvous port and a timeout, so a hang fails the test instead of hanging CI.
 """
 
 import csv
-import glob
 import os
 import socket
 import subprocess
@@ -19,8 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from onebit.recipes import load_recipe
-from onebit.training import train
-from onebit.training import distributed
+from onebit.training import distributed, train
 from onebit.training.checkpoint import load
 from onebit.training.config import ConfigError, apply_overrides
 
@@ -30,8 +28,17 @@ TIMEOUT = 90
 # 2 epochs x 4 steps of global batch 32; schedules over a fixed number of steps (so a 1-epoch run
 # resumed to 2 epochs is the same run); evaluation only at the end.
 TINY = [
-    "plots=false", "tensorboard=false", "threads=1", "batch_size=32", "max_steps=4", "log_every=2",
-    "bn_reestimate=0", "eval_every=100", "gamma_decay_steps=8", "lr_decay_steps=8", "check_replicas_every=2",
+    "plots=false",
+    "tensorboard=false",
+    "threads=1",
+    "batch_size=32",
+    "max_steps=4",
+    "log_every=2",
+    "bn_reestimate=0",
+    "eval_every=100",
+    "gamma_decay_steps=8",
+    "lr_decay_steps=8",
+    "check_replicas_every=2",
 ]
 
 
@@ -47,7 +54,9 @@ def env() -> dict:
     return e
 
 
-def torchrun(args: list[str], nproc: int = 2, extra: list[str] | None = None, timeout: int = TIMEOUT, wait: bool = True):
+def torchrun(
+    args: list[str], nproc: int = 2, extra: list[str] | None = None, timeout: int = TIMEOUT, wait: bool = True
+):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     cmd += extra if extra is not None else ["--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={free_port()}"]
     cmd += args
@@ -63,7 +72,7 @@ def ok(proc) -> str:
 
 
 def run_dir_of(out: str) -> Path:
-    (line,) = [l for l in out.splitlines() if l.startswith("RUN_DIR ")]
+    (line,) = [text for text in out.splitlines() if text.startswith("RUN_DIR ")]
     return Path(line.split(" ", 1)[1])
 
 
@@ -125,9 +134,17 @@ def test_two_nodes_then_resume_on_one(two_rank_run, tmp_path):
     port = free_port()
     args = [WORKER, str(tmp_path), "ok", f"out={tmp_path}", "sync_batchnorm=true", "epochs=1"] + TINY
     nodes = [
-        torchrun(args, nproc=1, wait=False, extra=[
-            "--nnodes=2", f"--node_rank={i}", "--master_addr=127.0.0.1", f"--master_port={port}",
-        ])
+        torchrun(
+            args,
+            nproc=1,
+            wait=False,
+            extra=[
+                "--nnodes=2",
+                f"--node_rank={i}",
+                "--master_addr=127.0.0.1",
+                f"--master_port={port}",
+            ],
+        )
         for i in (0, 1)
     ]
     outs = []

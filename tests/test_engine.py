@@ -71,13 +71,16 @@ def _random_conv_case(rng, n, h, w, c, o, k):
 
 
 @needs_numba
-@pytest.mark.parametrize("c,o,k,stride,dil,pads,pad_value", [
-    (70, 67, 3, 1, 1, ((1, 1), (1, 1)), 0),
-    (70, 67, 3, 2, 1, ((0, 1), (1, 0)), 1),
-    (130, 5, 2, 1, 1, ((0, 0), (0, 0)), 0),
-    (3, 130, 5, 2, 1, ((2, 2), (2, 2)), 0),
-    (64, 64, 3, 1, 2, ((2, 2), (2, 2)), 0),
-])
+@pytest.mark.parametrize(
+    "c,o,k,stride,dil,pads,pad_value",
+    [
+        (70, 67, 3, 1, 1, ((1, 1), (1, 1)), 0),
+        (70, 67, 3, 2, 1, ((0, 1), (1, 0)), 1),
+        (130, 5, 2, 1, 1, ((0, 0), (0, 0)), 0),
+        (3, 130, 5, 2, 1, ((2, 2), (2, 2)), 0),
+        (64, 64, 3, 1, 2, ((2, 2), (2, 2)), 0),
+    ],
+)
 def test_numba_kernels_equal_numpy(c, o, k, stride, dil, pads, pad_value):
     from onebit.kernels import jit as kb
 
@@ -89,28 +92,37 @@ def test_numba_kernels_equal_numpy(c, o, k, stride, dil, pads, pad_value):
     sgn = rng.choice([-1, 1], o)
     thr = rng.integers(-20, 20, o)
     args = (x, wt, c, (stride, stride), (dil, dil), pads, pad_value)
-    np.testing.assert_allclose(kernels_numpy.bconv2d(*args, "float", mul, add),
-                               kb.bconv2d(*args, "float", mul, add, wpc=wpc), rtol=1e-6, atol=1e-4)
-    assert np.array_equal(kernels_numpy.bconv2d(*args, "bits", sgn=sgn, thr=thr),
-                          kb.bconv2d(*args, "bits", sgn=sgn, thr=thr, wpc=wpc))
+    np.testing.assert_allclose(
+        kernels_numpy.bconv2d(*args, "float", mul, add),
+        kb.bconv2d(*args, "float", mul, add, wpc=wpc),
+        rtol=1e-6,
+        atol=1e-4,
+    )
+    assert np.array_equal(
+        kernels_numpy.bconv2d(*args, "bits", sgn=sgn, thr=thr), kb.bconv2d(*args, "bits", sgn=sgn, thr=thr, wpc=wpc)
+    )
     xd, wd = pack_sign(rng.standard_normal((3, c * 5))), pack_sign(rng.standard_normal((o, c * 5)))
-    assert np.array_equal(kernels_numpy.bdense(xd, wd, c * 5, "bits", sgn=sgn, thr=thr),
-                          kb.bdense(xd, wd, c * 5, "bits", sgn=sgn, thr=thr))
+    assert np.array_equal(
+        kernels_numpy.bdense(xd, wd, c * 5, "bits", sgn=sgn, thr=thr),
+        kb.bdense(xd, wd, c * 5, "bits", sgn=sgn, thr=thr),
+    )
     mask = pack_sign(rng.standard_normal((1, c)))[0]
     for pool in [((2, 2), (2, 2), ((0, 0), (0, 0)), False), ((3, 3), (2, 2), ((1, 1), (0, 1)), True)]:
-        assert np.array_equal(kernels_numpy.maxpool2d_bits(x, *pool, mask),
-                              kb.maxpool2d_bits(x, *pool, mask))
+        assert np.array_equal(kernels_numpy.maxpool2d_bits(x, *pool, mask), kb.maxpool2d_bits(x, *pool, mask))
 
 
 # ------------------------------------------------------------------------ single binary layers
 
 
 @needs_numba
-@pytest.mark.parametrize("c,o,k,stride,pads,pad_value", [
-    (3, 128, 3, 1, ((0, 0), (0, 0)), 0.0),
-    (5, 70, 3, 2, ((1, 2), (0, 1)), 1.0),
-    (3, 64, 7, 2, ((2, 3), (2, 3)), 0.0),
-])
+@pytest.mark.parametrize(
+    "c,o,k,stride,pads,pad_value",
+    [
+        (3, 128, 3, 1, ((0, 0), (0, 0)), 0.0),
+        (5, 70, 3, 2, ((1, 2), (0, 1)), 1.0),
+        (3, 64, 7, 2, ((2, 3), (2, 3)), 0.0),
+    ],
+)
 def test_numba_float_conv_fuses_batch_norm_and_packing(c, o, k, stride, pads, pad_value):
     from onebit.kernels import jit as kb
 
@@ -130,21 +142,33 @@ def test_numba_float_conv_fuses_batch_norm_and_packing(c, o, k, stride, pads, pa
 
 
 def _binary_conv(c, o, k, stride, padding, pad_values):
-    conv = QuantConv2d(c, o, k, stride, padding=padding, bias=False, pad_values=pad_values,
-                       input_quantizer="ste_sign", kernel_quantizer="ste_sign")
+    conv = QuantConv2d(
+        c,
+        o,
+        k,
+        stride,
+        padding=padding,
+        bias=False,
+        pad_values=pad_values,
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+    )
     nn.init.normal_(conv.weight)
     return conv
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("c,o,k,stride,padding,pad_values,hw", [
-    (3, 5, 3, 1, 1, 0.0, (7, 9)),
-    (70, 67, 3, 2, "same", 0.0, (9, 7)),
-    (70, 67, 3, 2, "same", 1.0, (9, 7)),
-    (65, 130, 5, 1, 2, 1.0, (6, 5)),
-    (128, 64, 2, 2, 0, 0.0, (8, 8)),
-    (64, 33, 1, 1, 0, 0.0, (5, 5)),
-])
+@pytest.mark.parametrize(
+    "c,o,k,stride,padding,pad_values,hw",
+    [
+        (3, 5, 3, 1, 1, 0.0, (7, 9)),
+        (70, 67, 3, 2, "same", 0.0, (9, 7)),
+        (70, 67, 3, 2, "same", 1.0, (9, 7)),
+        (65, 130, 5, 1, 2, 1.0, (6, 5)),
+        (128, 64, 2, 2, 0, 0.0, (8, 8)),
+        (64, 33, 1, 1, 0, 0.0, (5, 5)),
+    ],
+)
 def test_binary_conv_is_exact(tmp_path, backend, c, o, k, stride, padding, pad_values, hw):
     """Float output of a lone binary conv: the integer dots equal torch's float conv exactly."""
     model = nn.Sequential(_binary_conv(c, o, k, stride, padding, pad_values))
@@ -163,7 +187,8 @@ def test_thresholds_and_packed_pool_are_exact(tmp_path, backend, pool_first, pad
     pool = nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)
     mid = [pool, bn] if pool_first else [bn, pool]
     model = nn.Sequential(
-        _binary_conv(70, 67, 3, 1, "same", pad_values), *mid,
+        _binary_conv(70, 67, 3, 1, "same", pad_values),
+        *mid,
         _binary_conv(67, 40, 3, 2, "same", pad_values),
     )
     randomize_bn(model, negative=True)
@@ -177,7 +202,9 @@ def test_thresholds_and_packed_pool_are_exact(tmp_path, backend, pool_first, pad
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_binary_dense_after_flatten_is_exact(tmp_path, backend):
     model = nn.Sequential(
-        _binary_conv(3, 70, 3, 1, 0, 0.0), nn.BatchNorm2d(70), nn.Flatten(),
+        _binary_conv(3, 70, 3, 1, 0, 0.0),
+        nn.BatchNorm2d(70),
+        nn.Flatten(),
         QuantLinear(70 * 5 * 3, 33, bias=True, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
         nn.BatchNorm1d(33),
         QuantLinear(33, 7, bias=False, input_quantizer="approx_sign", kernel_quantizer="ste_sign"),
@@ -233,13 +260,21 @@ class _Residual(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 16, 3, padding=1)
         self.bn0 = nn.BatchNorm2d(16)
-        self.conv1 = QuantConv2d(16, 16, 3, padding="same", bias=False, input_quantizer="ste_sign",
-                                 kernel_quantizer="magnitude_aware_sign")
+        self.conv1 = QuantConv2d(
+            16, 16, 3, padding="same", bias=False, input_quantizer="ste_sign", kernel_quantizer="magnitude_aware_sign"
+        )
         self.bn1 = nn.BatchNorm2d(16)
-        self.conv2 = QuantConv2d(16, 24, 3, stride=2, padding="same", pad_values=1.0,
-                                 input_quantizer="approx_sign", kernel_quantizer="ste_sign")
-        self.short = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
-                                   nn.Conv2d(16, 24, 1))
+        self.conv2 = QuantConv2d(
+            16,
+            24,
+            3,
+            stride=2,
+            padding="same",
+            pad_values=1.0,
+            input_quantizer="approx_sign",
+            kernel_quantizer="ste_sign",
+        )
+        self.short = nn.Sequential(nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False), nn.Conv2d(16, 24, 1))
         self.fc = nn.Linear(24, 5)
 
     def forward(self, x):
@@ -260,15 +295,20 @@ def test_residual_model_roundtrip(tmp_path, backend):
 # --------------------------------------------------------------------------------------- refusals
 
 
-@pytest.mark.parametrize("layer,match", [
-    (QuantConv2d(4, 4, 3, input_quantizer="dorefa", kernel_quantizer="ste_sign"), "'0'.*DoReFa"),
-    (QuantConv2d(4, 4, 3, input_quantizer="ste_sign", kernel_quantizer="ste_tern"), "'0'.*2 bits"),
-    (QuantConv2d(4, 4, 3, groups=2), "'0'.*groups"),
-    (nn.Conv1d(4, 4, 3), "'0'.*Conv1d"),
-    (QuantConv2d(4, 4, 3, padding=1, pad_values=0.5, input_quantizer="ste_sign",
-                 kernel_quantizer="ste_sign"), "'0'.*pad_values=0.5"),
-    (nn.Sequential(nn.Conv2d(4, 4, 1), nn.Upsample(scale_factor=2)), "'0.1'.*Upsample"),
-])
+@pytest.mark.parametrize(
+    "layer,match",
+    [
+        (QuantConv2d(4, 4, 3, input_quantizer="dorefa", kernel_quantizer="ste_sign"), "'0'.*DoReFa"),
+        (QuantConv2d(4, 4, 3, input_quantizer="ste_sign", kernel_quantizer="ste_tern"), "'0'.*2 bits"),
+        (QuantConv2d(4, 4, 3, groups=2), "'0'.*groups"),
+        (nn.Conv1d(4, 4, 3), "'0'.*Conv1d"),
+        (
+            QuantConv2d(4, 4, 3, padding=1, pad_values=0.5, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
+            "'0'.*pad_values=0.5",
+        ),
+        (nn.Sequential(nn.Conv2d(4, 4, 1), nn.Upsample(scale_factor=2)), "'0.1'.*Upsample"),
+    ],
+)
 def test_refusals_name_the_layer(tmp_path, layer, match):
     model = nn.Sequential(layer)
     size = (1, 4, 8) if isinstance(layer, nn.Conv1d) else (1, 4, 8, 8)
@@ -325,13 +365,17 @@ def test_runtime_runs_without_torch(tmp_path):
         import onebit.engine as engine
         out = {{}}
         for backend in engine.available_backends():
-            y = engine.load({str(path)!r}, backend=backend)(np.load({str(tmp_path / 'x.npy')!r}))
+            y = engine.load({str(path)!r}, backend=backend)(np.load({str(tmp_path / "x.npy")!r}))
             out[backend] = y.tolist()
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
         print(json.dumps(out))
     """)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    res = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert res.returncode == 0, res.stderr
     outs = json.loads(res.stdout.strip().splitlines()[-1])
     assert set(outs) == set(BACKENDS)
@@ -342,8 +386,9 @@ def test_runtime_runs_without_torch(tmp_path):
 # ------------------------------------------------------------------------------------------ ONNX
 
 
-@pytest.mark.parametrize("name,size", [("small_cnn", (3, 1, 28, 28)), ("binarynet", (2, 3, 32, 32)),
-                                       ("residual", (3, 3, 9, 7))])
+@pytest.mark.parametrize(
+    "name,size", [("small_cnn", (3, 1, 28, 28)), ("binarynet", (2, 3, 32, 32)), ("residual", (3, 3, 9, 7))]
+)
 def test_onnx_matches_torch_in_onnxruntime(tmp_path, name, size):
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
@@ -370,8 +415,7 @@ def test_onnx_pad_values_become_constant_pads(tmp_path):
     path = tmp_path / "m.onnx"
     onebit.export_onnx(model, path, (1, 5, 7, 7))
     x = torch.randn(2, 5, 7, 7)
-    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
-        None, {"input": x.numpy()})[0]
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert np.array_equal(out, model(x).numpy())
 

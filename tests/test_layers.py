@@ -97,8 +97,9 @@ def test_signature_extends_the_torch_parent(cls):
 def test_pad_values_pads_with_the_constant(cls, padding):
     torch.manual_seed(0)
     dims = {ob.QuantConv1d: 1, ob.QuantConv2d: 2, ob.QuantConv3d: 3}[cls]
-    layer = cls(2, 3, 3, padding=padding, bias=False, input_quantizer="ste_sign",
-                kernel_quantizer="ste_sign", pad_values=1.0)
+    layer = cls(
+        2, 3, 3, padding=padding, bias=False, input_quantizer="ste_sign", kernel_quantizer="ste_sign", pad_values=1.0
+    )
     x = torch.randn((2, 2) + (5,) * dims)
     p = 1 if padding == "same" else padding
     padded = F.pad(SIGN(x), [p] * (2 * dims), value=1.0)
@@ -114,8 +115,9 @@ def test_pad_values_pads_with_the_constant(cls, padding):
 @pytest.mark.parametrize("cls", [ob.QuantConv1d, ob.QuantConv2d, ob.QuantConv3d])
 def test_valid_padding_ignores_pad_values(cls):
     dims = {ob.QuantConv1d: 1, ob.QuantConv2d: 2, ob.QuantConv3d: 3}[cls]
-    layer = cls(2, 3, 3, padding="valid", bias=False, input_quantizer="ste_sign",
-                kernel_quantizer="ste_sign", pad_values=1.0)
+    layer = cls(
+        2, 3, 3, padding="valid", bias=False, input_quantizer="ste_sign", kernel_quantizer="ste_sign", pad_values=1.0
+    )
     x = torch.randn((2, 2) + (6,) * dims)
     assert layer.explicit_padding((6,) * dims) is None
     assert layer.padding_for((6,) * dims) == [(0, 0)] * dims
@@ -123,12 +125,15 @@ def test_valid_padding_ignores_pad_values(cls):
     torch.testing.assert_close(layer(x), conv(SIGN(x), SIGN(layer.weight)))
 
 
-@pytest.mark.parametrize("size, stride, kernel, expected", [
-    (7, 2, 3, (1, 1)),   # total = 3*2 + 3 - 7 = 2
-    (8, 2, 3, (0, 1)),   # total = 3*2 + 3 - 8 = 1: the odd pixel goes at the end (TF)
-    (6, 3, 3, (0, 0)),
-    (5, 1, 4, (1, 2)),
-])
+@pytest.mark.parametrize(
+    "size, stride, kernel, expected",
+    [
+        (7, 2, 3, (1, 1)),  # total = 3*2 + 3 - 7 = 2
+        (8, 2, 3, (0, 1)),  # total = 3*2 + 3 - 8 = 1: the odd pixel goes at the end (TF)
+        (6, 3, 3, (0, 0)),
+        (5, 1, 4, (1, 2)),
+    ],
+)
 def test_same_padding_follows_tensorflow(size, stride, kernel, expected):
     from onebit.layers import same_padding
 
@@ -197,11 +202,11 @@ def test_apply_constraints_by_hand():
 
 def test_binary_and_real_parameters_are_disjoint_and_cover_the_model():
     model = nn.Sequential(
-        ob.QuantConv2d(3, 8, 3, kernel_quantizer="ste_sign"),      # binary kernel + real bias
+        ob.QuantConv2d(3, 8, 3, kernel_quantizer="ste_sign"),  # binary kernel + real bias
         nn.BatchNorm2d(8),
-        ob.QuantConv2d(8, 8, 3, kernel_quantizer="noop"),          # Bop-style tag
-        ob.QuantConv2d(8, 8, 3, kernel_quantizer="ste_tern"),      # 2-bit: not binary
-        ob.QuantConv2d(8, 8, 3),                                   # real
+        ob.QuantConv2d(8, 8, 3, kernel_quantizer="noop"),  # Bop-style tag
+        ob.QuantConv2d(8, 8, 3, kernel_quantizer="ste_tern"),  # 2-bit: not binary
+        ob.QuantConv2d(8, 8, 3),  # real
     )
     binary = list(ob.binary_parameters(model))
     real = list(ob.real_parameters(model))
@@ -224,6 +229,7 @@ def test_bad_quantizer_and_constraint_names():
 
 
 def test_repr_names_quantizers_and_padding():
-    text = repr(ob.QuantConv2d(2, 2, 3, padding=1, input_quantizer="ste_sign", pad_values=1.0,
-                               kernel_constraint="weight_clip"))
+    text = repr(
+        ob.QuantConv2d(2, 2, 3, padding=1, input_quantizer="ste_sign", pad_values=1.0, kernel_constraint="weight_clip")
+    )
     assert "SteSign" in text and "pad_values=1.0" in text and "WeightClip" in text

@@ -10,11 +10,14 @@ import onebit as ob
 from onebit.metrics import FlipCounter, FlipRatio, log_flip_ratio
 
 
-@pytest.mark.parametrize("flips, n, expected", [
-    (0, 100, math.log(1e-9)),
-    (10, 100, math.log(0.1 + 1e-9)),
-    (100, 100, math.log(1 + 1e-9)),
-])
+@pytest.mark.parametrize(
+    "flips, n, expected",
+    [
+        (0, 100, math.log(1e-9)),
+        (10, 100, math.log(0.1 + 1e-9)),
+        (100, 100, math.log(1 + 1e-9)),
+    ],
+)
 def test_log_flip_ratio(flips, n, expected):
     assert log_flip_ratio(flips, n) == pytest.approx(expected)
     assert log_flip_ratio(torch.tensor(flips), n).item() == pytest.approx(expected)
@@ -26,8 +29,10 @@ def test_counts_sign_changes_of_latent_weights_per_layer_and_in_total():
     counter = FlipCounter([("a", a), ("b", b)])
     opt = torch.optim.SGD([a, b], lr=1.0)
     counter.attach(opt)
-    a.grad = torch.tensor([1.0, -1.0, 0.5, 0.1])  # 0.5 -> -0.5 flips, -0.5 -> 0.5 flips, 0 -> -0.5 flips, 0.2 -> 0.1 keeps
-    b.grad = torch.tensor([[0.0, -3.0]])           # -1 -> 2 flips
+    a.grad = torch.tensor(
+        [1.0, -1.0, 0.5, 0.1]
+    )  # 0.5 -> -0.5 flips, -0.5 -> 0.5 flips, 0 -> -0.5 flips, 0.2 -> 0.1 keeps
+    b.grad = torch.tensor([[0.0, -3.0]])  # -1 -> 2 flips
     opt.step()
     assert counter.flips["a"].item() == 3 and counter.flips["b"].item() == 1
     assert counter.total.item() == 4

@@ -21,17 +21,25 @@ def larq_profile_model() -> nn.Sequential:
             quant_conv2d=ob.QuantConv2d(1, 32, 3, padding="same", kernel_quantizer="ste_sign"),
             max_pooling2d=nn.MaxPool2d(2),
             quant_depthwise_conv2d=ob.QuantDepthwiseConv2d(
-                32, 3, stride=3, padding="same", bias=False, pad_values=1.0,
-                input_quantizer="ste_tern", kernel_quantizer="ste_tern",
+                32,
+                3,
+                stride=3,
+                padding="same",
+                bias=False,
+                pad_values=1.0,
+                input_quantizer="ste_tern",
+                kernel_quantizer="ste_tern",
             ),
             batch_normalization=batch_norm(32, scale=False),
             separable_depthwise=ob.QuantDepthwiseConv2d(
-                32, 3, padding="same", bias=False,
-                input_quantizer="ste_sign", kernel_quantizer="ste_sign",
+                32,
+                3,
+                padding="same",
+                bias=False,
+                input_quantizer="ste_sign",
+                kernel_quantizer="ste_sign",
             ),
-            separable_pointwise=ob.QuantConv2d(
-                32, 32, 1, input_quantizer="ste_sign", kernel_quantizer="ste_sign"
-            ),
+            separable_pointwise=ob.QuantConv2d(32, 32, 1, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
             flatten=nn.Flatten(),
             dense=dense,
         )
@@ -102,15 +110,35 @@ def test_layer_profile(profile):
     layers = profile.layers
     assert [layer.input_precision for layer in layers] == [None, None, 2, None, 1, 1, None, None]
     assert [layer.output_shape for layer in layers] == [
-        (-1, 32, 64, 64), (-1, 32, 32, 32), (-1, 32, 11, 11), (-1, 32, 11, 11),
-        (-1, 32, 11, 11), (-1, 32, 11, 11), (-1, 3872), (-1, 10),
+        (-1, 32, 64, 64),
+        (-1, 32, 32, 32),
+        (-1, 32, 11, 11),
+        (-1, 32, 11, 11),
+        (-1, 32, 11, 11),
+        (-1, 32, 11, 11),
+        (-1, 3872),
+        (-1, 10),
     ]
     assert [layer.params for layer in layers] == [320, 0, 288, 64, 288, 1056, 0, 38730]
     assert [sorted(layer.params_by_precision) for layer in layers] == [
-        [1, 32], [], [2], [32], [1], [1, 32], [], [32],
+        [1, 32],
+        [],
+        [2],
+        [32],
+        [1],
+        [1, 32],
+        [],
+        [32],
     ]
     assert [sorted(layer.macs_by_precision) for layer in layers] == [
-        [32], [], [2], [], [1], [1], [], [32],
+        [32],
+        [],
+        [2],
+        [],
+        [1],
+        [1],
+        [],
+        [32],
     ]
     conv = layers[0]
     assert conv.memory_bits == 1 * 288 + 32 * 32
@@ -126,15 +154,19 @@ def test_layer_profile_1d():
     model = nn.Sequential(
         ob.QuantConv1d(6, 32, 3, padding="same", kernel_quantizer="ste_sign"),
         nn.MaxPool1d(2),
-        ob.QuantConv1d(32, 32, 3, padding="same", groups=32, bias=False,
-                       input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
+        ob.QuantConv1d(
+            32, 32, 3, padding="same", groups=32, bias=False, input_quantizer="ste_sign", kernel_quantizer="ste_sign"
+        ),
         ob.QuantConv1d(32, 16, 1, input_quantizer="ste_sign", kernel_quantizer="ste_sign"),
         nn.Flatten(),
         nn.Linear(16 * 32, 10),
     )
     s = ob.summary(model, (1, 6, 64), verbose=False)
     assert [layer.output_shape for layer in s.layers][:4] == [
-        (-1, 32, 64), (-1, 32, 32), (-1, 32, 32), (-1, 16, 32),
+        (-1, 32, 64),
+        (-1, 32, 32),
+        (-1, 32, 32),
+        (-1, 16, 32),
     ]
     assert s.layers[0].macs_by_precision == {32: 6 * 3 * 32 * 64}
     assert s.layers[2].macs_by_precision == {1: 32 * 3 * 32}
@@ -180,9 +212,7 @@ def test_per_sample_macs_and_shared_layer():
 
 
 def test_unknown_macs_are_question_marks():
-    model = nn.Sequential(
-        nn.Conv3d(2, 2, 1), nn.ReLU(), nn.ConvTranspose3d(2, 2, 3), nn.Flatten(), nn.Linear(490, 2)
-    )
+    model = nn.Sequential(nn.Conv3d(2, 2, 1), nn.ReLU(), nn.ConvTranspose3d(2, 2, 3), nn.Flatten(), nn.Linear(490, 2))
     s = ob.summary(model, input_data=torch.zeros(1, 2, 3, 5, 5), verbose=False)
     assert s.layers[2].macs_by_precision is None
     assert s.layers[0].macs_by_precision is None and s.layers[1].macs_by_precision == {}

@@ -152,7 +152,9 @@ def test_model_info_gives_the_builders_defaults(name):
     info = ob.models.model_info(name)
     assert info.name == name and info.dataset in ("mnist", "cifar10", "imagenet") and info.description
     assert info.accepts("num_classes") and not info.accepts("no_such_keyword")
-    with pytest.raises(ValueError, match=f"model '{name}' takes no argument 'no_such_keyword'; it takes: .*num_classes"):
+    with pytest.raises(
+        ValueError, match=f"model '{name}' takes no argument 'no_such_keyword'; it takes: .*num_classes"
+    ):
         ob.create_model(name, no_such_keyword=1)
     if info.dataset == "imagenet":
         return  # building 224x224 ImageNet models is covered by the count test above

@@ -240,7 +240,7 @@ def test_bop_trains_a_small_bnn():
     for _ in range(2):
         for i in range(0, 1000, 16):
             opt.zero_grad()
-            loss_fn(model(x[i:i + 16]), y[i:i + 16]).backward()
+            loss_fn(model(x[i : i + 16]), y[i : i + 16]).backward()
             opt.step()
     model.eval()
     accuracy = (model(x).argmax(1) == y).float().mean().item()
@@ -268,11 +268,14 @@ def test_bop2ndorder_ema_rates():
     torch.testing.assert_close(opt.state[w]["exp_avg_sq"], torch.tensor([1.0]))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(sigma=0.0), "Invalid sigma: 0.0"),
-    (dict(eps=-1.0), "Invalid eps: -1.0"),
-    (dict(threshold=-1.0), "Invalid threshold: -1.0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(sigma=0.0), "Invalid sigma: 0.0"),
+        (dict(eps=-1.0), "Invalid eps: -1.0"),
+        (dict(threshold=-1.0), "Invalid threshold: -1.0"),
+    ],
+)
 def test_bop2ndorder_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Bop2ndOrder([nn.Parameter(torch.ones(1))], **kwargs)

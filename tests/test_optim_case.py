@@ -31,11 +31,13 @@ def bop_adam(model):
 def train(model, opt, x, y, steps):
     losses = []
     for _ in range(steps):
+
         def closure():
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x), y)
             loss.backward()
             return loss
+
         losses.append(opt.step(closure).item())
     return losses
 
@@ -44,12 +46,14 @@ def test_steps_every_sub_optimizer_with_one_closure_call():
     model, x, y = model_and_data()
     opt = bop_adam(model)
     calls = []
+
     def closure():
         calls.append(1)
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         return loss
+
     bias_before = model[2].bias.detach().clone()
     loss = opt.step(closure)
     assert len(calls) == 1 and loss.requires_grad

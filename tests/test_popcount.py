@@ -36,10 +36,12 @@ def record_fast_calls(monkeypatch, *names):
     """List that gets, per call of the named ``popcount`` functions, whether the popcount path ran."""
     calls = []
     for name in names:
+
         def counted(*args, _f=getattr(popcount, name)):  # noqa: B008  (bind this name's function)
             y = _f(*args)
             calls.append(y is not None)
             return y
+
         monkeypatch.setattr(popcount, name, counted)
     return calls
 
@@ -85,8 +87,18 @@ CONV_CASES = [
 def test_conv2d_output_and_gradients_match_torch(case, channels_last, bias):
     c_in, c_out, h, w, k, stride, dilation, padding, pad_values = case
     torch.manual_seed(sum(map(hash, map(str, case))) % 1000)
-    layer = ob.QuantConv2d(c_in, c_out, k, stride=stride, padding=padding, dilation=dilation, bias=bias,
-                           input_quantizer="ste_sign", kernel_quantizer="ste_sign", pad_values=pad_values)
+    layer = ob.QuantConv2d(
+        c_in,
+        c_out,
+        k,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        bias=bias,
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+        pad_values=pad_values,
+    )
     if bias:
         torch.nn.init.normal_(layer.bias, std=3.0)
     x = torch.randn(3, c_in, h, w)
@@ -122,8 +134,9 @@ def test_linear_output_and_gradients_match_torch(n, k, o, bias):
 @pytest.mark.parametrize("grad_of", ["input", "weight"])
 def test_only_the_gradients_asked_for(grad_of):
     torch.manual_seed(4)
-    layer = ob.QuantConv2d(20, 8, 3, padding="same", stride=2, input_quantizer="ste_sign",
-                           kernel_quantizer="ste_sign", pad_values=1.0)
+    layer = ob.QuantConv2d(
+        20, 8, 3, padding="same", stride=2, input_quantizer="ste_sign", kernel_quantizer="ste_sign", pad_values=1.0
+    )
     layer.weight.requires_grad_(grad_of == "weight")
     x = torch.randn(2, 20, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_(grad_of == "input")
     grads = []
@@ -138,8 +151,9 @@ def test_only_the_gradients_asked_for(grad_of):
 
 def test_eval_and_no_grad():
     torch.manual_seed(2)
-    layer = ob.QuantConv2d(70, 16, 3, padding="same", input_quantizer="ste_sign", kernel_quantizer="ste_sign",
-                           pad_values=1.0).eval()
+    layer = ob.QuantConv2d(
+        70, 16, 3, padding="same", input_quantizer="ste_sign", kernel_quantizer="ste_sign", pad_values=1.0
+    ).eval()
     x = torch.randn(4, 70, 9, 9).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         y = layer(x)
@@ -153,11 +167,17 @@ def test_eval_and_no_grad():
 def fallback_layers():
     q = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign")
     return {
-        "noop_real_kernel": (ob.QuantConv2d(8, 4, 3, input_quantizer="ste_sign", kernel_quantizer="noop"), (2, 8, 5, 5)),
+        "noop_real_kernel": (
+            ob.QuantConv2d(8, 4, 3, input_quantizer="ste_sign", kernel_quantizer="noop"),
+            (2, 8, 5, 5),
+        ),
         "groups": (ob.QuantConv2d(8, 4, 3, groups=2, **q), (2, 8, 5, 5)),
         "depthwise": (ob.QuantDepthwiseConv2d(8, 3, **q), (2, 8, 5, 5)),
         "real_input": (ob.QuantConv2d(8, 4, 3, kernel_quantizer="ste_sign"), (2, 8, 5, 5)),
-        "scaled_kernel": (ob.QuantConv2d(8, 4, 3, input_quantizer="ste_sign", kernel_quantizer="magnitude_aware_sign"), (2, 8, 5, 5)),
+        "scaled_kernel": (
+            ob.QuantConv2d(8, 4, 3, input_quantizer="ste_sign", kernel_quantizer="magnitude_aware_sign"),
+            (2, 8, 5, 5),
+        ),
         "pad_minus_one": (ob.QuantConv2d(8, 4, 3, padding=1, pad_values=-1.0, **q), (2, 8, 5, 5)),
         "reflect": (ob.QuantConv2d(8, 4, 3, padding=1, padding_mode="reflect", **q), (2, 8, 5, 5)),
         "unbatched": (ob.QuantConv2d(8, 4, 3, **q), (8, 5, 5)),
@@ -228,8 +248,18 @@ def test_training_keeps_the_loss_curve(tmp_path, monkeypatch):
     results = {}
     for mode in ("on", "off"):
         config = dict(load_recipe("mnist-bop").config)
-        config.update(out=str(tmp_path / mode), plots=False, tensorboard=False, threads=2, batch_size=64,
-                      epochs=4, max_steps=75, log_every=25, bn_reestimate=512, xnor_forward=mode)
+        config.update(
+            out=str(tmp_path / mode),
+            plots=False,
+            tensorboard=False,
+            threads=2,
+            batch_size=64,
+            epochs=4,
+            max_steps=75,
+            log_every=25,
+            bn_reestimate=512,
+            xnor_forward=mode,
+        )
         summary = train(config, recipe="mnist-bop", verbose=False)
         run_dir = next((tmp_path / mode / "mnist-bop").iterdir())
         with open(run_dir / "metrics.csv") as f:
@@ -247,8 +277,7 @@ def test_training_keeps_the_loss_curve(tmp_path, monkeypatch):
 def test_conv_saves_the_input_as_packed_bits():
     """For the kernel's gradient the popcount conv keeps its +/-1 input as 64-bit words (32x less
     memory than the float tensor torch's conv saves)."""
-    layer = ob.QuantConv2d(130, 8, 3, padding=1, bias=False, input_quantizer="ste_sign",
-                           kernel_quantizer="ste_sign")
+    layer = ob.QuantConv2d(130, 8, 3, padding=1, bias=False, input_quantizer="ste_sign", kernel_quantizer="ste_sign")
     x = torch.randn(2, 130, 9, 9).contiguous(memory_format=torch.channels_last)
     saved = []
 
@@ -305,11 +334,19 @@ def _cifar_shaped_bnn():
     b = dict(input_quantizer="ste_sign", kernel_quantizer="noop")
     bn = torch.nn.BatchNorm2d
     return torch.nn.Sequential(
-        ob.QuantConv2d(3, 32, 3, padding=1, bias=False, kernel_quantizer="noop"), bn(32),
-        ob.QuantConv2d(32, 64, 3, padding=1, bias=False, **b), torch.nn.MaxPool2d(2), bn(64),
-        ob.QuantConv2d(64, 96, 3, padding=1, bias=False, **b), torch.nn.MaxPool2d(2), bn(96),
-        torch.nn.Flatten(), ob.QuantLinear(96 * 8 * 8, 64, bias=False, **b), torch.nn.BatchNorm1d(64),
-        ob.QuantLinear(64, 10, bias=False, **b), torch.nn.BatchNorm1d(10),
+        ob.QuantConv2d(3, 32, 3, padding=1, bias=False, kernel_quantizer="noop"),
+        bn(32),
+        ob.QuantConv2d(32, 64, 3, padding=1, bias=False, **b),
+        torch.nn.MaxPool2d(2),
+        bn(64),
+        ob.QuantConv2d(64, 96, 3, padding=1, bias=False, **b),
+        torch.nn.MaxPool2d(2),
+        bn(96),
+        torch.nn.Flatten(),
+        ob.QuantLinear(96 * 8 * 8, 64, bias=False, **b),
+        torch.nn.BatchNorm1d(64),
+        ob.QuantLinear(64, 10, bias=False, **b),
+        torch.nn.BatchNorm1d(10),
     ).to(memory_format=torch.channels_last)
 
 
@@ -318,13 +355,20 @@ def test_cifar_shaped_training_keeps_the_loss_curve(monkeypatch):
     batches give the same loss at every step and the same weights with the popcount forward."""
     calls = record_fast_calls(monkeypatch, "conv2d", "linear")
     g = torch.Generator().manual_seed(1)
-    data = [((torch.rand(16, 3, 32, 32, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last),
-             torch.randint(0, 10, (16,), generator=g)) for _ in range(8)]
+    data = [
+        (
+            (torch.rand(16, 3, 32, 32, generator=g) * 2 - 1).contiguous(memory_format=torch.channels_last),
+            torch.randint(0, 10, (16,), generator=g),
+        )
+        for _ in range(8)
+    ]
     results = {}
     for mode in ("on", "off"):
         model = _cifar_shaped_bnn()
-        opt = ob.optim.CaseOptimizer(ob.optim.Bop(ob.binary_parameters(model), gamma=1e-3, threshold=1e-6),
-                                     torch.optim.Adam(ob.real_parameters(model), lr=1e-2))
+        opt = ob.optim.CaseOptimizer(
+            ob.optim.Bop(ob.binary_parameters(model), gamma=1e-3, threshold=1e-6),
+            torch.optim.Adam(ob.real_parameters(model), lr=1e-2),
+        )
         with torch.no_grad():  # start from +/-1 kernels, as Bop keeps them
             for p in ob.binary_parameters(model):
                 p.copy_(torch.where(p >= 0, 1.0, -1.0))

@@ -9,10 +9,9 @@ import torch
 from onebit.models import list_models
 from onebit.recipes import KINDS, list_recipes, load_recipe
 from onebit.training import train
+from onebit.training.checkpoint import load
 from onebit.training.config import ConfigError
 from onebit.training.experiments import approximation_viewpoint, run_sweep
-from onebit.training.checkpoint import load
-
 from test_data import write_cifar, write_imagefolder
 
 TINY = ["plots=false", "tensorboard=false", "threads=1", "epochs=1", "max_steps=1", "log_every=1"]
@@ -33,9 +32,18 @@ def data_overrides(recipe, tmp_path) -> list[str]:
 
 def test_every_recipe_is_documented():
     names = list_recipes()
-    for required in ("mnist-bop", "mnist-latent", "cifar10-binarynet-bop", "cifar10-binarynet-bop-re", "cifar10-bop-sweep",
-                     "imagenet-binary-alexnet-bop", "imagenet-xnornet-bop", "imagenet-birealnet-bop",
-                     "approximation-viewpoint", "lr-invariance"):
+    for required in (
+        "mnist-bop",
+        "mnist-latent",
+        "cifar10-binarynet-bop",
+        "cifar10-binarynet-bop-re",
+        "cifar10-bop-sweep",
+        "imagenet-binary-alexnet-bop",
+        "imagenet-xnornet-bop",
+        "imagenet-birealnet-bop",
+        "approximation-viewpoint",
+        "lr-invariance",
+    ):
         assert required in names
     for name in names:
         r = load_recipe(name)
@@ -45,7 +53,13 @@ def test_every_recipe_is_documented():
 
 def test_paper_hyperparameters():
     sec52 = load_recipe("cifar10-binarynet-bop").config
-    assert (sec52["batch_size"], sec52["epochs"], sec52["threshold"], sec52["gamma"], sec52["lr"]) == (50, 500, 1e-8, 1e-4, 1e-2)
+    assert (sec52["batch_size"], sec52["epochs"], sec52["threshold"], sec52["gamma"], sec52["lr"]) == (
+        50,
+        500,
+        1e-8,
+        1e-4,
+        1e-2,
+    )
     assert (sec52["gamma_decay"], sec52["gamma_decay_epochs"], sec52["gamma_decay_rate"]) == ("step", 100.0, 0.1)
     re = load_recipe("cifar10-binarynet-bop-re").config
     assert (re["gamma"], re["threshold"]) == (1e-3, 1e-7)
@@ -59,6 +73,15 @@ def test_paper_hyperparameters():
 def test_unknown_recipe():
     with pytest.raises(ConfigError, match="available: .*mnist-bop"):
         load_recipe("mnist-nope")
+
+
+def test_recipe_that_is_not_toml(tmp_path, monkeypatch):
+    import onebit.recipes as recipes
+
+    (tmp_path / "broken.toml").write_text("[config\nepochs = ")
+    monkeypatch.setattr(recipes, "_files", lambda: {"broken": tmp_path / "broken.toml"})
+    with pytest.raises(ConfigError, match=r"^recipe 'broken' is not valid TOML: "):
+        load_recipe("broken")
 
 
 @pytest.mark.parametrize("name", TRAIN_RECIPES)
@@ -84,10 +107,12 @@ def test_bop_sweep_runs_all_and_plots(tmp_path):
 
 def test_lr_invariance_scaled_runs_match(tmp_path):
     """Scaling init, clip and latent lr together gives the same binary network, step for step."""
-    recipe = load_recipe("lr-invariance").with_overrides(TINY[:-2] + ["max_steps=6", "batch_size=16", f"out={tmp_path}"])
+    recipe = load_recipe("lr-invariance").with_overrides(
+        TINY[:-2] + ["max_steps=6", "batch_size=16", f"out={tmp_path}"]
+    )
     runs = recipe.run_configs()
     states = []
-    for run, config in runs[:2] + runs[3:4]:
+    for _, config in runs[:2] + runs[3:4]:
         s = train(config, recipe="lr", verbose=False)
         states.append(load(f"{s['run_dir']}/last.pt")["model"])
     ref, scaled, lr_only = states
@@ -108,7 +133,9 @@ def test_lr_invariance_sweep_runs(tmp_path):
 
 
 def test_approximation_viewpoint(tmp_path):
-    recipe = load_recipe("approximation-viewpoint").with_overrides(TINY[:-2] + ["max_steps=10", "batch_size=32", f"out={tmp_path}"])
+    recipe = load_recipe("approximation-viewpoint").with_overrides(
+        TINY[:-2] + ["max_steps=10", "batch_size=32", f"out={tmp_path}"]
+    )
     summary = approximation_viewpoint(recipe, verbose=False)
     for key in ("accuracy_binary_weights", "accuracy_latent_weights", "accuracy_latent_weights_bn_reestimated"):
         assert 0 <= summary[key] <= 1

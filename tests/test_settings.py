@@ -49,11 +49,14 @@ def test_override_is_undone_by_an_exception():
     assert settings.get("popcount_forward") == "auto"
 
 
-@pytest.mark.parametrize("call", [
-    lambda: settings.get("fast_mode"),
-    lambda: settings.set(fast_mode=1),
-    lambda: settings.override(fast_mode=1).__enter__(),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: settings.get("fast_mode"),
+        lambda: settings.set(fast_mode=1),
+        lambda: settings.override(fast_mode=1).__enter__(),
+    ],
+)
 def test_unknown_setting_names_the_allowed_ones(call):
     with pytest.raises(ValueError, match="unknown onebit setting 'fast_mode'; settings: popcount_forward"):
         call()

@@ -10,16 +10,34 @@ import pytest
 import torch
 
 from onebit.recipes import load_recipe
-from onebit.training import Interrupted, schedule_factor, train
+from onebit.training import (
+    CheckpointSaver,
+    Interrupted,
+    RunFolder,
+    TrainState,
+    load_run,
+    read_run_config,
+    schedule_factor,
+    train,
+)
 from onebit.training.build import build_model, build_optimizer, build_schedulers
 from onebit.training.checkpoint import load, save_atomic
-from onebit.training.config import ConfigError, apply_overrides
+from onebit.training.config import ConfigError, apply_overrides, read_toml, to_toml
+from onebit.training.runs import restore_run
 
 
 def tiny(tmp_path, recipe="mnist-bop", **overrides):
     config = dict(load_recipe(recipe).config)
-    config.update(out=str(tmp_path), plots=False, tensorboard=False, threads=1, batch_size=32, max_steps=4, log_every=2,
-                  bn_reestimate=0)
+    config.update(
+        out=str(tmp_path),
+        plots=False,
+        tensorboard=False,
+        threads=1,
+        batch_size=32,
+        max_steps=4,
+        log_every=2,
+        bn_reestimate=0,
+    )
     config.update(overrides)
     return config
 
@@ -35,7 +53,16 @@ def test_run_folder_contents(tmp_path):
     run = tmp_path / "mnist-bop"
     (run_dir,) = list(run.iterdir())
     assert summary["run_dir"] == str(run_dir)
-    for name in ("config.toml", "metrics.csv", "flips.csv", "last.pt", "best.pt", "summary.json", "accuracy.png", "flips.png"):
+    for name in (
+        "config.toml",
+        "metrics.csv",
+        "flips.csv",
+        "last.pt",
+        "best.pt",
+        "summary.json",
+        "accuracy.png",
+        "flips.png",
+    ):
         assert (run_dir / name).is_file(), name
     saved = json.loads((run_dir / "summary.json").read_text())
     assert 0 <= saved["test_accuracy"] <= 1 and saved["epochs"] == 2 and saved["wall_seconds"] > 0
@@ -96,14 +123,26 @@ def test_seed_determinism(tmp_path):
 
 @pytest.mark.parametrize(
     "kind, step, expected",
-    [("none", 500, 1.0), ("step", 99, 1.0), ("step", 100, 0.1), ("step", 250, 0.01), ("linear", 0, 1.0), ("linear", 50, 0.505), ("linear", 100, 0.01), ("linear", 1000, 0.01)],
+    [
+        ("none", 500, 1.0),
+        ("step", 99, 1.0),
+        ("step", 100, 0.1),
+        ("step", 250, 0.01),
+        ("linear", 0, 1.0),
+        ("linear", 50, 0.505),
+        ("linear", 100, 0.01),
+        ("linear", 1000, 0.01),
+    ],
 )
 def test_schedule_factor(kind, step, expected):
     assert schedule_factor(kind, step, 100, 0.1, 1.0, 0.01) == pytest.approx(expected)
 
 
 def test_gamma_step_decay_in_epochs_drives_bop():
-    config = apply_overrides(load_recipe("mnist-bop").config, ["gamma=1e-2", "gamma_decay=step", "gamma_decay_epochs=2", "lr=1e-2", "lr_decay=linear", "lr_end=0"])
+    config = apply_overrides(
+        load_recipe("mnist-bop").config,
+        ["gamma=1e-2", "gamma_decay=step", "gamma_decay_epochs=2", "lr=1e-2", "lr_decay=linear", "lr_end=0"],
+    )
     model = build_model(config, 10, (1, 28, 28))
     opt, bop = build_optimizer(config, model)
     scheds = build_schedulers(config, opt, bop, steps_per_epoch=5, total_steps=20)
@@ -148,7 +187,13 @@ def test_atomic_save_leaves_no_temp(tmp_path):
 
 @pytest.mark.parametrize(
     "override, match",
-    [("nope=1", "unknown key 'nope'"), ("epochs=abc", "expected int"), ("optimizer=sgd", "allowed: bop, latent"), ("gamma=2", "gamma must be in"), ("epochs", "expected key=value")],
+    [
+        ("nope=1", "unknown key 'nope'"),
+        ("epochs=abc", "expected int"),
+        ("optimizer=sgd", "allowed: bop, latent"),
+        ("gamma=2", "gamma must be in"),
+        ("epochs", "expected key=value"),
+    ],
 )
 def test_bad_overrides(override, match):
     with pytest.raises(ConfigError, match=match):
@@ -180,8 +225,9 @@ def test_channels_last_speedup_keeps_the_loss_curve(tmp_path):
     curves = {}
     for layout in (True, False):
         out = tmp_path / str(layout)
-        config = tiny(out, epochs=4, max_steps=75, batch_size=64, channels_last=layout, log_every=25,
-                      bn_reestimate=1024)
+        config = tiny(
+            out, epochs=4, max_steps=75, batch_size=64, channels_last=layout, log_every=25, bn_reestimate=1024
+        )
         summary = train(config, recipe="mnist-bop", verbose=False)
         with open(next((out / "mnist-bop").iterdir()) / "metrics.csv") as f:
             rows = list(csv.DictReader(f))
@@ -205,3 +251,100 @@ def test_bop_fused_switch(setting, fused):
 def test_bop_fused_bad_value():
     with pytest.raises(ConfigError, match="bad value bop_fused='maybe'; allowed: auto, on, off"):
         apply_overrides(load_recipe("mnist-bop").config, ["bop_fused=maybe"])
+
+
+# ------------------------------------------------------------------------------------ run folders
+
+CHECKPOINT_KEYS = [
+    "format",
+    "onebit",
+    "torch",
+    "recipe",
+    "source",
+    "config",
+    "model",
+    "optimizer",
+    "schedulers",
+    "epoch",
+    "batch",
+    "step",
+    "history",
+    "best",
+    "best_epoch",
+    "partial",
+    "rng",
+    "wall_seconds",
+]
+
+
+def test_run_folder_names_the_files(tmp_path):
+    folder = RunFolder(str(tmp_path))
+    assert folder.path == tmp_path
+    names = {
+        "config": "config.toml",
+        "metrics": "metrics.csv",
+        "flips": "flips.csv",
+        "last": "last.pt",
+        "best": "best.pt",
+        "summary": "summary.json",
+        "accuracy_plot": "accuracy.png",
+        "flips_plot": "flips.png",
+        "compare_plot": "compare.png",
+        "approximation": "approximation.json",
+    }
+    for attribute, name in names.items():
+        assert getattr(folder, attribute) == tmp_path / name, attribute
+    assert folder.events() == []
+
+
+def test_checkpoint_keys_are_the_file_format(tmp_path):
+    """Old run folders must resume: the checkpoint's keys (and the state they carry) stay put."""
+    summary = train(tiny(tmp_path, epochs=1, max_steps=2), recipe="mnist-bop", verbose=False)
+    ckpt = load(RunFolder(summary["run_dir"]).last)
+    assert list(ckpt) == CHECKPOINT_KEYS
+    state = TrainState.from_checkpoint(ckpt)
+    assert (state.epoch, state.batch, state.step, state.partial) == (1, 0, 2, None)
+    assert state.history == ckpt["history"] and state.best == summary["best_test_accuracy"]
+
+
+def test_checkpoint_saver_writes_last_and_best(tmp_path):
+    saver = CheckpointSaver(tmp_path)
+    saver.save({"epoch": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    saver.save({"epoch": 2}, best=True)
+    saver.save({"epoch": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
+    assert load(tmp_path / "best.pt")["epoch"] == 2 and load(tmp_path / "last.pt")["epoch"] == 3
+
+
+def test_load_run_rebuilds_the_trained_model(tmp_path):
+    summary = train(tiny(tmp_path, epochs=2, eval_every=1), recipe="mnist-bop", verbose=False)
+    folder = RunFolder(summary["run_dir"])
+    model, config = load_run(folder.path)
+    assert not model.training and config == read_run_config(folder.path)[1] and config["model"] == "small_cnn"
+    assert_same_state(model.state_dict(), load(folder.best)["model"])
+    model, _ = load_run(folder.path, "last")
+    assert_same_state(model.state_dict(), load(folder.last)["model"])
+    run = restore_run(folder.path)
+    assert run.input_size == (1, 28, 28) and run.recipe == "mnist-bop" and run.checkpoint == folder.best
+    folder.best.unlink()  # best.pt falls back to last.pt
+    assert restore_run(folder.path).checkpoint == folder.last
+    with pytest.raises(ConfigError, match="checkpoint 'first'; allowed: best, last"):
+        load_run(folder.path, "first")
+    folder.last.unlink()
+    with pytest.raises(ConfigError, match="no checkpoint in .*: expected best.pt or last.pt"):
+        load_run(folder.path)
+    with pytest.raises(ConfigError, match="is not a onebit run folder: expected .*config.toml"):
+        load_run(tmp_path)
+
+
+def test_config_toml_round_trip(tmp_path):
+    """TOML has no null: None values are left out, everything else reads back the same."""
+    config = tiny(tmp_path, data_dir='a "quoted" \\ path', lr=1e-7, seed=2**40)
+    text = to_toml({"recipe": {"name": "x", "source": None}, "config": config, "empty": {}})
+    data = read_toml(text, "test")
+    assert data["recipe"] == {"name": "x"} and data["config"] == config and data["empty"] == {}
+    (tmp_path / "config.toml").write_text(text)
+    assert read_run_config(tmp_path) == ("x", config)
+    with pytest.raises(ConfigError, match=r"^broken.toml is not valid TOML: "):
+        read_toml("[config\nx = ", "broken.toml")

@@ -49,13 +49,10 @@ def get(identifier):
     if isinstance(identifier, str):
         if identifier in _REGISTRY:
             return _REGISTRY[identifier]()
-        raise ValueError(
-            f"unknown constraint {identifier!r}; valid names: {', '.join(sorted(_REGISTRY))}"
-        )
+        raise ValueError(f"unknown constraint {identifier!r}; valid names: {', '.join(sorted(_REGISTRY))}")
     if callable(identifier):
         return identifier
     raise ValueError(f"cannot use {identifier!r} as a constraint; pass None, a callable or 'weight_clip'")
-
 
 
 # Layers with a constraint (weakly held), a counter bumped when the set grows, and per optimizer

@@ -17,8 +17,19 @@ import torch
 from . import settings
 from .kernels import jit_kernels, jit_loaded
 
-__all__ = ["MIN_ELEMENTS", "needs_grad", "round_identity", "sign", "sign_and_mask", "sign_with_derivative",
-           "ste_heaviside", "ste_sign", "ste_tern", "use_torch_threads", "write_sign"]
+__all__ = [
+    "MIN_ELEMENTS",
+    "needs_grad",
+    "round_identity",
+    "sign",
+    "sign_and_mask",
+    "sign_with_derivative",
+    "ste_heaviside",
+    "ste_sign",
+    "ste_tern",
+    "use_torch_threads",
+    "write_sign",
+]
 
 # The fused sign STE pays from about a million values (BinaryNet's activations at batch 50: 1.6-6.5 M).
 MIN_ELEMENTS = 2**20
@@ -57,8 +68,13 @@ def sign_and_mask(x: torch.Tensor, clip: float):
     ``MIN_ELEMENTS`` values, under the ``popcount_forward`` switch: "on" (numba), "auto" once a
     popcount forward has loaded numba in this process (so models it skips never load it)."""
     mode = settings.get("popcount_forward")
-    if (mode == "off" or x.numel() < MIN_ELEMENTS or x.device.type != "cpu" or x.dtype != torch.float32
-            or not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)))):
+    if (
+        mode == "off"
+        or x.numel() < MIN_ELEMENTS
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or not (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)))
+    ):
         return None
     if mode == "auto" and not jit_loaded():
         return None

@@ -101,9 +101,7 @@ class FlipRatio:
     def update(self, values: torch.Tensor) -> None:
         values = values.detach().clone()
         if self.previous is not None and self.previous.shape != values.shape:
-            raise ValueError(
-                f"FlipRatio tracks shape {tuple(self.previous.shape)}, got {tuple(values.shape)}"
-            )
+            raise ValueError(f"FlipRatio tracks shape {tuple(self.previous.shape)}, got {tuple(values.shape)}")
         if self.previous is not None and self.count > 0:
             self.total += 1.0 - (values == self.previous).sum().item() / values.numel()
         self.count += 1

@@ -253,9 +253,7 @@ def get(identifier) -> Callable | None:
             return None
         if name in _REGISTRY:
             return _REGISTRY[name]()
-        raise ValueError(
-            f"unknown quantizer {identifier!r}; valid names: {', '.join(sorted(_REGISTRY))}"
-        )
+        raise ValueError(f"unknown quantizer {identifier!r}; valid names: {', '.join(sorted(_REGISTRY))}")
     if isinstance(identifier, type) and issubclass(identifier, nn.Module):
         return identifier()
     if callable(identifier):

@@ -41,8 +41,10 @@ def _popcount_forward(value):
         from .kernels import jit_kernels
 
         if jit_kernels() is None:
-            raise RuntimeError("popcount_forward='on' needs numba, which is not installed "
-                               "(pip install 'onebit[jit]'); use 'auto' or 'off'")
+            raise RuntimeError(
+                "popcount_forward='on' needs numba, which is not installed "
+                "(pip install 'onebit[jit]'); use 'auto' or 'off'"
+            )
     return value
 
 

@@ -15,8 +15,7 @@ from . import settings
 from .functional import MIN_ELEMENTS, sign_and_mask
 from .layers.popcount import MIN_MACS, available, conv2d, linear
 
-__all__ = ["MIN_ELEMENTS", "MIN_MACS", "available", "conv2d", "get_mode", "linear", "set_mode", "sign_and_mask",
-           "use"]
+__all__ = ["MIN_ELEMENTS", "MIN_MACS", "available", "conv2d", "get_mode", "linear", "set_mode", "sign_and_mask", "use"]
 
 
 def set_mode(mode) -> str:

@@ -271,9 +271,7 @@ def load_cifar10(data_dir: str | os.PathLike):
         root = root / "cifar-10-batches-py"
     train_files = sorted(root.glob("data_batch_*"))
     if not train_files or not (root / "test_batch").is_file():
-        raise DataError(
-            f"dataset 'cifar10': expected data_batch_1..5 and test_batch (python pickle batches) in {root}"
-        )
+        raise DataError(f"dataset 'cifar10': expected data_batch_1..5 and test_batch (python pickle batches) in {root}")
     classes = [str(i) for i in range(10)]
     meta = root / "batches.meta"
     if meta.is_file():
@@ -305,9 +303,7 @@ def _scan_folder(root: Path, classes: list[str] | None):
                 paths.append(f)
                 labels.append(label)
     if not paths:
-        raise DataError(
-            f"dataset 'imagefolder': expected <class>/*.png|jpg images under {root}; found none"
-        )
+        raise DataError(f"dataset 'imagefolder': expected <class>/*.png|jpg images under {root}; found none")
     return paths, labels, classes
 
 

@@ -15,8 +15,7 @@ This package imports no torch: ``export`` and ``export_onnx`` import it when cal
 from ..kernels.bits import EngineError, pack_sign, unpack_sign
 from .runtime import Runtime, available_backends, load
 
-__all__ = ["EngineError", "Runtime", "available_backends", "export", "export_onnx", "load",
-           "pack_sign", "unpack_sign"]
+__all__ = ["EngineError", "Runtime", "available_backends", "export", "export_onnx", "load", "pack_sign", "unpack_sign"]
 
 
 def export(model, path, input_size) -> dict:

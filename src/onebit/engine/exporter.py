@@ -33,7 +33,6 @@ from ..layers import Pool2dSame, QuantConv2d, QuantDepthwiseConv2d, QuantLayer, 
 __all__ = ["export", "build", "EngineError"]
 
 
-
 # Pool2dSame (TensorFlow-style "same" pooling) is shape-dependent: a leaf with its own rule.
 _LEAVES = (QuantLayer, q.Quantizer, Pool2dSame)
 
@@ -175,8 +174,9 @@ class _GraphBuilder:
             self.output = self._arg(node, out, "output")
             return
         if op == "get_attr":
-            raise EngineError(f"layer {node.target!s}: parameters used directly in forward() are not "
-                              f"supported; wrap them in a module")
+            raise EngineError(
+                f"layer {node.target!s}: parameters used directly in forward() are not supported; wrap them in a module"
+            )
         if op == "call_module":
             return self._module(node, self.modules[node.target])
         return self._function(node)
@@ -188,14 +188,19 @@ class _GraphBuilder:
         x = self._arg(node, node.args[0])
         in_shape = self.shapes.get(node.args[0].name)
         if isinstance(m, QuantDepthwiseConv2d) or (isinstance(m, nn.Conv2d) and m.groups != 1):
-            raise EngineError(f"layer {name!r} ({type(m).__name__}): grouped/depthwise convolutions "
-                              f"are not supported; the engine runs groups=1")
+            raise EngineError(
+                f"layer {name!r} ({type(m).__name__}): grouped/depthwise convolutions "
+                f"are not supported; the engine runs groups=1"
+            )
         if isinstance(m, (QuantLinear, QuantConv2d, nn.Linear, nn.Conv2d)):
             return self._layer(node, m, x, in_shape)
-        if isinstance(m, QuantLayer) or isinstance(m, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d,
-                                                       nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            raise EngineError(f"layer {name!r} ({type(m).__name__}) is not supported; the engine runs "
-                              f"Conv2d/Linear (quantized or not), pooling, batch norm and adds")
+        if isinstance(m, QuantLayer) or isinstance(
+            m, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+        ):
+            raise EngineError(
+                f"layer {name!r} ({type(m).__name__}) is not supported; the engine runs "
+                f"Conv2d/Linear (quantized or not), pooling, batch norm and adds"
+            )
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             if len(in_shape) not in (2, 4):
                 raise EngineError(f"layer {name!r}: batch norm on a {len(in_shape)}-D tensor")
@@ -208,22 +213,36 @@ class _GraphBuilder:
             if m.return_indices or nn.modules.utils._pair(m.dilation) != (1, 1):
                 raise EngineError(f"layer {name!r}: max-pool with dilation or indices is not supported")
             k, s, p = _pool_params(m.kernel_size, m.stride, m.padding)
-            return self._add("maxpool", node, [x], kernel=k, stride=s, padding=p,
-                             ceil_mode=bool(m.ceil_mode))
+            return self._add("maxpool", node, [x], kernel=k, stride=s, padding=p, ceil_mode=bool(m.ceil_mode))
         if isinstance(m, nn.AvgPool2d):
             k, s, p = _pool_params(m.kernel_size, m.stride, m.padding)
-            return self._add("avgpool", node, [x], kernel=k, stride=s, padding=p,
-                             ceil_mode=bool(m.ceil_mode), count_include_pad=bool(m.count_include_pad),
-                             divisor_override=m.divisor_override)
+            return self._add(
+                "avgpool",
+                node,
+                [x],
+                kernel=k,
+                stride=s,
+                padding=p,
+                ceil_mode=bool(m.ceil_mode),
+                count_include_pad=bool(m.count_include_pad),
+                divisor_override=m.divisor_override,
+            )
         if isinstance(m, Pool2dSame):
-
             k, st = int(m.kernel_size), int(m.stride)
             pads = [list(same_padding(int(n), k, st, 1)) for n in in_shape[2:]]
             if m.kind == "max":
-                return self._add("maxpool", node, [x], kernel=[k, k], stride=[st, st], padding=pads,
-                                 ceil_mode=False)
-            return self._add("avgpool", node, [x], kernel=[k, k], stride=[st, st], padding=pads,
-                             ceil_mode=False, count_include_pad=False, divisor_override=None)
+                return self._add("maxpool", node, [x], kernel=[k, k], stride=[st, st], padding=pads, ceil_mode=False)
+            return self._add(
+                "avgpool",
+                node,
+                [x],
+                kernel=[k, k],
+                stride=[st, st],
+                padding=pads,
+                ceil_mode=False,
+                count_include_pad=False,
+                divisor_override=None,
+            )
         if isinstance(m, nn.AdaptiveAvgPool2d):
             return self._gap(node, x, m.output_size, keepdims=True)
         if isinstance(m, nn.Flatten):
@@ -237,8 +256,10 @@ class _GraphBuilder:
             return
         if isinstance(m, q.Quantizer) or callable(m) and q.precision_of(m) is not None:
             if not q.is_sign(m):
-                raise EngineError(f"layer {name!r}: quantizer {_qname(m)} is not a sign (+/-1) "
-                                  f"quantizer; the engine runs sign activations only")
+                raise EngineError(
+                    f"layer {name!r}: quantizer {_qname(m)} is not a sign (+/-1) "
+                    f"quantizer; the engine runs sign activations only"
+                )
             return self._add("sign", node, [x])
         raise EngineError(f"layer {name!r} ({type(m).__name__}) is not supported by the engine")
 
@@ -246,48 +267,62 @@ class _GraphBuilder:
         name = node.target
         conv = isinstance(m, nn.Conv2d)
         if conv and m.padding_mode != "zeros":
-            raise EngineError(f"layer {name!r}: padding_mode={m.padding_mode!r}; the engine pads "
-                              f"with a constant (padding_mode='zeros' and pad_values)")
+            raise EngineError(
+                f"layer {name!r}: padding_mode={m.padding_mode!r}; the engine pads "
+                f"with a constant (padding_mode='zeros' and pad_values)"
+            )
         if not conv and len(in_shape) != 2:
             raise EngineError(f"layer {name!r}: Linear on a {len(in_shape)}-D input; flatten first")
         iq = getattr(m, "input_quantizer", None)
         binary_input = False
         if iq is not None:
             if not q.is_sign(iq):
-                raise EngineError(f"layer {name!r}: input_quantizer {_qname(iq)} is not a sign "
-                                  f"(+/-1) quantizer; the engine runs sign or real-valued inputs")
+                raise EngineError(
+                    f"layer {name!r}: input_quantizer {_qname(iq)} is not a sign "
+                    f"(+/-1) quantizer; the engine runs sign or real-valued inputs"
+                )
             binary_input = True
         kernel = _binary_kernel(m, name) if isinstance(m, QuantLayer) else None
         pad_value = float(getattr(m, "pad_values", 0.0))
-        attrs = dict(binary_input=binary_input, kernel=kernel,
-                     bias=None if m.bias is None else m.bias.detach().float().numpy().copy(),
-                     weight=m.weight.detach().float().numpy().copy())
+        attrs = dict(
+            binary_input=binary_input,
+            kernel=kernel,
+            bias=None if m.bias is None else m.bias.detach().float().numpy().copy(),
+            weight=m.weight.detach().float().numpy().copy(),
+        )
         if conv:
             pads = _conv_pads(m, in_shape[2:])
-            attrs.update(kernel_size=list(m.kernel_size), stride=list(m.stride),
-                         dilation=list(m.dilation), padding=[list(p) for p in pads],
-                         pad_value=pad_value)
-            if binary_input and kernel is not None and pad_value not in (0.0, 1.0) and any(
-                v for p in pads for v in p
-            ):
-                raise EngineError(f"layer {name!r}: pad_values={pad_value} on a binary input; "
-                                  f"the engine pads binary inputs with 0 or 1")
+            attrs.update(
+                kernel_size=list(m.kernel_size),
+                stride=list(m.stride),
+                dilation=list(m.dilation),
+                padding=[list(p) for p in pads],
+                pad_value=pad_value,
+            )
+            if binary_input and kernel is not None and pad_value not in (0.0, 1.0) and any(v for p in pads for v in p):
+                raise EngineError(
+                    f"layer {name!r}: pad_values={pad_value} on a binary input; "
+                    f"the engine pads binary inputs with 0 or 1"
+                )
         if binary_input:
             x = self._add("sign", node, [x], out=node.name + "__sign", name=name, shape=in_shape)
         return self._add("conv" if conv else "linear", node, [x], m, **attrs)
 
     def _gap(self, node, x, output_size, keepdims):
         if tuple(nn.modules.utils._pair(output_size)) != (1, 1):
-            raise EngineError(f"layer {node.target!s}: adaptive pooling to {output_size}; the engine "
-                              f"supports global pooling (output size 1) only")
+            raise EngineError(
+                f"layer {node.target!s}: adaptive pooling to {output_size}; the engine "
+                f"supports global pooling (output size 1) only"
+            )
         return self._add("gap", node, [x], keepdims=keepdims)
 
     def _flatten(self, node, x):
         shape = self.shapes[node.name]
         src = self.shapes[node.args[0].name]
         if len(shape) != 2 or shape[0] != src[0]:
-            raise EngineError(f"layer {node.target!s}: reshape {src} -> {shape}; the engine "
-                              f"supports flattening to (N, features) only")
+            raise EngineError(
+                f"layer {node.target!s}: reshape {src} -> {shape}; the engine supports flattening to (N, features) only"
+            )
         if len(src) == 2:
             self.alias[node.name] = x
             return
@@ -314,8 +349,7 @@ class _GraphBuilder:
         if t in (F.relu, torch.relu) or (node.op == "call_method" and t == "relu"):
             return self._add("relu", node, [x], name=node.name)
         if t is F.adaptive_avg_pool2d:
-            return self._gap(node, x, node.args[1] if len(node.args) > 1 else node.kwargs["output_size"],
-                             keepdims=True)
+            return self._gap(node, x, node.args[1] if len(node.args) > 1 else node.kwargs["output_size"], keepdims=True)
         if t is torch.mean or (node.op == "call_method" and t == "mean"):
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
@@ -323,8 +357,9 @@ class _GraphBuilder:
             dims = sorted(d % len(src) for d in (dims if isinstance(dims, (tuple, list)) else [dims]))
             if len(src) == 4 and dims == [2, 3]:
                 return self._add("gap", node, [x], name=node.name, keepdims=bool(keep))
-            raise EngineError(f"op {node.name!r}: mean over dims {dims}; the engine supports the "
-                              f"spatial mean (dims 2, 3) only")
+            raise EngineError(
+                f"op {node.name!r}: mean over dims {dims}; the engine supports the spatial mean (dims 2, 3) only"
+            )
         if t is F.max_pool2d or t is F.avg_pool2d:
             raise EngineError(f"op {node.name!r} ({name}): use nn.MaxPool2d / nn.AvgPool2d modules")
         raise EngineError(f"op {node.name!r} ({name}) is not supported by the engine")
@@ -368,8 +403,10 @@ def _thresholds(op, chain_bn, k):
         up = (steps >= 0).all(axis=0)  # negatives form a suffix: f decreasing in d
         if not (down | up).all():
             bad = int(np.argmin(down | up)) + c0
-            raise EngineError(f"layer {op.name!r}: batch norm of channel {bad} is not monotone in the "
-                              f"dot product; cannot fold it into a threshold")
+            raise EngineError(
+                f"layer {op.name!r}: batch norm of channel {bad} is not monotone in the "
+                f"dot product; cannot fold it into a threshold"
+            )
         for j in range(c1 - c0):
             c = c0 + j
             if down[j]:  # bit = d < -k + count (count 0: never, 2k+1: always)
@@ -450,8 +487,8 @@ class _Lowering:
             cur = s.inputs[0]
             readers = [c for c in self.ops if s.out in c.inputs]
             if not readers or not all(
-                c.kind in ("conv", "linear") and c.attrs["binary_input"] and c.attrs["kernel"]
-                is not None for c in readers
+                c.kind in ("conv", "linear") and c.attrs["binary_input"] and c.attrs["kernel"] is not None
+                for c in readers
             ):
                 continue  # something reads the signs as floats: keep the float path
             while cur in self.by_out and self.uses.get(cur) == 1:
@@ -524,13 +561,23 @@ class _Lowering:
         arrays = {"weight": weight, **mode_arrays}
         w = op.attrs["weight"]
         if op.kind == "conv":
-            return self.emit("bconv2d", [in_bits], op.name, arrays, mode=mode,
-                             in_channels=int(w.shape[1]), out_channels=int(w.shape[0]),
-                             kernel=op.attrs["kernel_size"], stride=op.attrs["stride"],
-                             dilation=op.attrs["dilation"], padding=op.attrs["padding"],
-                             pad_value=int(op.attrs["pad_value"]))
-        return self.emit("bdense", [in_bits], op.name, arrays, mode=mode,
-                         in_features=int(w.shape[1]), out_features=int(w.shape[0]))
+            return self.emit(
+                "bconv2d",
+                [in_bits],
+                op.name,
+                arrays,
+                mode=mode,
+                in_channels=int(w.shape[1]),
+                out_channels=int(w.shape[0]),
+                kernel=op.attrs["kernel_size"],
+                stride=op.attrs["stride"],
+                dilation=op.attrs["dilation"],
+                padding=op.attrs["padding"],
+                pad_value=int(op.attrs["pad_value"]),
+            )
+        return self.emit(
+            "bdense", [in_bits], op.name, arrays, mode=mode, in_features=int(w.shape[1]), out_features=int(w.shape[0])
+        )
 
     def _conv(self, op):
         a = op.attrs
@@ -541,8 +588,7 @@ class _Lowering:
             add = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
             # fold a following batch norm that nothing else reads
             nxt = [c for c in self.ops if op.out in c.inputs]
-            if len(nxt) == 1 and nxt[0].kind == "bn" and self.uses[op.out] == 1 \
-                    and nxt[0].module.num_features == o:
+            if len(nxt) == 1 and nxt[0].kind == "bn" and self.uses[op.out] == 1 and nxt[0].module.num_features == o:
                 bn = nxt[0]
                 mul = (mul * bn.attrs["mul"]).astype(np.float32)
                 add = (add * bn.attrs["mul"] + bn.attrs["add"]).astype(np.float32)
@@ -551,16 +597,24 @@ class _Lowering:
                 self.env[op.out] = ("float", out, None)
                 self.env[bn.out] = ("float", out, None)
                 return
-            out = self._binary_layer(op, {"mul": mul.astype(np.float32), "add": add.astype(np.float32)},
-                                     "float")
+            out = self._binary_layer(op, {"mul": mul.astype(np.float32), "add": add.astype(np.float32)}, "float")
             self.env[op.out] = ("float", out, None)
             return
         x = self.float_of(op.inputs[0])
         arrays = self._float_weights(op)
         if op.kind == "conv":
-            out = self.emit("conv2d", [x], op.name, arrays, kernel=a["kernel_size"],
-                            stride=a["stride"], dilation=a["dilation"], padding=a["padding"],
-                            pad_value=a["pad_value"], weight_shape=list(a["weight"].shape))
+            out = self.emit(
+                "conv2d",
+                [x],
+                op.name,
+                arrays,
+                kernel=a["kernel_size"],
+                stride=a["stride"],
+                dilation=a["dilation"],
+                padding=a["padding"],
+                pad_value=a["pad_value"],
+                weight_shape=list(a["weight"].shape),
+            )
         else:
             out = self.emit("dense", [x], op.name, arrays, weight_shape=list(a["weight"].shape))
         self.env[op.out] = ("float", out, None)
@@ -593,8 +647,15 @@ class _Lowering:
     def _maxpool(self, op):
         x = self.float_of(op.inputs[0])
         a = op.attrs
-        out = self.emit("maxpool2d", [x], op.name, kernel=a["kernel"], stride=a["stride"],
-                        padding=a["padding"], ceil_mode=a["ceil_mode"])
+        out = self.emit(
+            "maxpool2d",
+            [x],
+            op.name,
+            kernel=a["kernel"],
+            stride=a["stride"],
+            padding=a["padding"],
+            ceil_mode=a["ceil_mode"],
+        )
         self.env[op.out] = ("float", out, None)
 
     def _avgpool(self, op):
@@ -610,8 +671,11 @@ class _Lowering:
         kind, vid, meta = self.env[op.inputs[0]]
         if kind == "bits" and meta.get("spatial"):
             out = self.emit("flatten_bits", [vid], op.name)
-            self.env[op.out] = ("bits", out, {"positions": meta["positions"],
-                                              "channels": meta["channels"], "width": meta["width"]})
+            self.env[op.out] = (
+                "bits",
+                out,
+                {"positions": meta["positions"], "channels": meta["channels"], "width": meta["width"]},
+            )
             return
         out = self.emit("flatten", [self.float_of(op.inputs[0])], op.name)
         self.env[op.out] = ("float", out, None)
@@ -635,12 +699,10 @@ class _Lowering:
         o = a["weight"].shape[0]
         k = int(np.prod(a["weight"].shape[1:]))
         sgn, thr, increasing = _thresholds(layer, plan["bn"].module if plan["bn"] else None, k)
-        vid = self._binary_layer(layer, {"sgn": sgn.astype(np.int8), "thr": thr.astype(np.int32)},
-                                 "bits")
+        vid = self._binary_layer(layer, {"sgn": sgn.astype(np.int8), "thr": thr.astype(np.int32)}, "bits")
         conv = layer.kind == "conv"
         shape = layer.shape
-        meta = {"positions": shape[2] * shape[3] if conv else 1, "channels": o, "width": o,
-                "spatial": conv}
+        meta = {"positions": shape[2] * shape[3] if conv else 1, "channels": o, "width": o, "spatial": conv}
         after_bn = False
         for c in plan["chain"]:
             if c.kind == "bn":
@@ -650,9 +712,16 @@ class _Lowering:
                 # decreases; after the batch norm the max is taken on f itself: AND everywhere
                 and_ch = np.ones(o, bool) if after_bn else increasing
                 mask = pack_bool(and_ch[None, :])[0]
-                vid = self.emit("maxpool2d_bits", [vid], c.name, {"and_mask": mask},
-                                kernel=c.attrs["kernel"], stride=c.attrs["stride"],
-                                padding=c.attrs["padding"], ceil_mode=c.attrs["ceil_mode"])
+                vid = self.emit(
+                    "maxpool2d_bits",
+                    [vid],
+                    c.name,
+                    {"and_mask": mask},
+                    kernel=c.attrs["kernel"],
+                    stride=c.attrs["stride"],
+                    padding=c.attrs["padding"],
+                    ceil_mode=c.attrs["ceil_mode"],
+                )
                 meta = dict(meta, positions=c.shape[2] * c.shape[3])
             elif c.kind == "flatten":
                 vid = self.emit("flatten_bits", [vid], c.name)
@@ -702,8 +771,12 @@ def export(model: nn.Module, path, input_size) -> dict:
     """
     graph, arrays = build(model, input_size)
     size = _bits.save(path, graph, arrays)
-    report = {"path": str(path), "file_bytes": int(size), "ops": len(graph["ops"]),
-              "binary_weight_bits": _binary_bits_in_file(graph, arrays)}
+    report = {
+        "path": str(path),
+        "file_bytes": int(size),
+        "ops": len(graph["ops"]),
+        "binary_weight_bits": _binary_bits_in_file(graph, arrays),
+    }
     summary_bits = _summary_bits(model, input_size)
     if summary_bits:
         report["summary_bytes"] = summary_bits / 8
@@ -728,4 +801,3 @@ def _summary_bits(model, input_size):
         if v is not None:
             return float(v)
     return None
-

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import quantizers as q
+from ..functional import sign
 from ..kernels.bits import EngineError
 from ..layers import QuantLayer
 from .exporter import _qname
@@ -24,8 +25,7 @@ class OnnxSign(nn.Module):
     """sign(x) with sign(0) = +1 as ONNX ops: Where(GreaterOrEqual(x, 0), 1, -1)."""
 
     def forward(self, x):
-        one = torch.ones((), dtype=x.dtype)
-        return torch.where(x >= 0, one, -one)
+        return sign(x)
 
 
 def onnx_ready(model: nn.Module) -> nn.Module:
@@ -36,8 +36,10 @@ def onnx_ready(model: nn.Module) -> nn.Module:
             iq = m.input_quantizer
             if iq is not None:
                 if not q.is_sign(iq):
-                    raise EngineError(f"layer {name!r}: input_quantizer {_qname(iq)} is not a sign "
-                                      f"quantizer; ONNX export supports sign and real inputs")
+                    raise EngineError(
+                        f"layer {name!r}: input_quantizer {_qname(iq)} is not a sign "
+                        f"quantizer; ONNX export supports sign and real inputs"
+                    )
                 m.input_quantizer = OnnxSign()
             if m.kernel_quantizer is not None:
                 with torch.no_grad():
@@ -53,8 +55,7 @@ def onnx_ready(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_onnx(model: nn.Module, path, input_size=None, opset_version: int = 17,
-                dynamic_batch: bool = True) -> str:
+def export_onnx(model: nn.Module, path, input_size=None, opset_version: int = 17, dynamic_batch: bool = True) -> str:
     """Write ``model`` to ``path`` as ONNX for inputs of ``input_size`` (default (1, 3, 32, 32)).
 
     The batch axis is dynamic unless ``dynamic_batch=False``. Returns ``str(path)``.
@@ -65,6 +66,14 @@ def export_onnx(model: nn.Module, path, input_size=None, opset_version: int = 17
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(ready, (x,), str(path), input_names=["input"], output_names=["output"],
-                          opset_version=opset_version, dynamic_axes=axes, dynamo=False)
+        torch.onnx.export(
+            ready,
+            (x,),
+            str(path),
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=opset_version,
+            dynamic_axes=axes,
+            dynamo=False,
+        )
     return str(path)

@@ -22,10 +22,12 @@ from ..kernels.bits import EngineError, unpack_sign
 __all__ = ["Runtime", "load", "available_backends"]
 
 
-
 def available_backends() -> list[str]:
     """Backends that work here: "numba" (when numba imports) and "numpy"."""
     return (["numba"] if jit_kernels() is not None else []) + ["numpy"]
+
+
+_BINARY_OPS = frozenset({"pack", "unpack", "sign", "bconv2d", "bdense", "maxpool2d_bits", "flatten_bits"})
 
 
 def _pads(p):
@@ -35,8 +37,9 @@ def _pads(p):
 class Runtime:
     """A loaded model: call it on a numpy array. ``ops`` lists the graph (op names and attributes)."""
 
-    def __init__(self, graph: dict, arrays: dict[str, np.ndarray], backend: str = "auto",
-                 num_threads: int | None = None):
+    def __init__(
+        self, graph: dict, arrays: dict[str, np.ndarray], backend: str = "auto", num_threads: int | None = None
+    ):
         if backend not in ("auto", "numba", "numpy"):
             raise EngineError(f"backend={backend!r} is not one of 'auto', 'numba', 'numpy'")
         jit = jit_kernels() if backend in ("auto", "numba") else None
@@ -74,9 +77,14 @@ class Runtime:
                 for kind in ("scale_shift", "pack"):
                     j = chain[-1] + 1
                     prev = self.ops[chain[-1]]["out"]
-                    if (j < len(self.ops) and self.ops[j]["op"] == kind and self.ops[j]["in"] == [prev]
-                            and self._uses.get(prev) == 1 and prev != self.graph["output"]
-                            and self._per_channel(j, self._arrays[i]["wmat"].shape[1])):
+                    if (
+                        j < len(self.ops)
+                        and self.ops[j]["op"] == kind
+                        and self.ops[j]["in"] == [prev]
+                        and self._uses.get(prev) == 1
+                        and prev != self.graph["output"]
+                        and self._per_channel(j, self._arrays[i]["wmat"].shape[1])
+                    ):
                         chain.append(j)
             steps.append(tuple(chain))
             i = chain[-1] + 1
@@ -167,50 +175,101 @@ class Runtime:
         kinds = [self.ops[j]["op"] for j in step]
         ss = self._arrays[step[kinds.index("scale_shift")]] if "scale_shift" in kinds else {}
         mul, add = (ss["mul"].reshape(-1), ss["add"].reshape(-1)) if ss else (None, None)
-        return self._k.conv2d(x, a["wmat"], a.get("bias"), tuple(op["kernel"]), tuple(op["stride"]),
-                              tuple(op["dilation"]), _pads(op["padding"]), op["pad_value"], mul, add,
-                              pack="pack" in kinds)
+        return self._k.conv2d(
+            x,
+            a["wmat"],
+            a.get("bias"),
+            tuple(op["kernel"]),
+            tuple(op["stride"]),
+            tuple(op["dilation"]),
+            _pads(op["padding"]),
+            op["pad_value"],
+            mul,
+            add,
+            pack="pack" in kinds,
+        )
 
     def _run(self, i, op, args):
+        kind = op["op"]
+        if kind in _BINARY_OPS:
+            return self._run_binary(i, op, args[0])
+        y = self._run_float(i, op, args)
+        if y is None:
+            raise EngineError(f"op {i} has unknown kind {kind!r}; the file needs a newer onebit")
+        return y
+
+    def _run_binary(self, i, op, x):
+        """The ops on packed bits (and the sign / packing between float and bits)."""
         a = self._arrays[i]
         k = self._k
         kind = op["op"]
-        x = args[0] if args else None
         if kind == "pack":
             return _bits.pack_sign(x)
         if kind == "unpack":
             return unpack_sign(x, op["channels"])
         if kind == "sign":
-            return np.where(x >= 0, np.float32(1), np.float32(-1))
+            return _bits.sign(x)
         if kind == "bconv2d":
             extra = {"wpc": a["wpc"], "wt": a["wt"]} if k is not _np_kernels else {}
-            return k.bconv2d(x, a["weight"], op["in_channels"], tuple(op["stride"]),
-                             tuple(op["dilation"]), _pads(op["padding"]), op["pad_value"],
-                             op["mode"], a.get("mul"), a.get("add"), a.get("sgn"), a.get("thr"),
-                             **extra)
+            return k.bconv2d(
+                x,
+                a["weight"],
+                op["in_channels"],
+                tuple(op["stride"]),
+                tuple(op["dilation"]),
+                _pads(op["padding"]),
+                op["pad_value"],
+                op["mode"],
+                a.get("mul"),
+                a.get("add"),
+                a.get("sgn"),
+                a.get("thr"),
+                **extra,
+            )
         if kind == "bdense":
-            return k.bdense(x, a["weight"], op["in_features"], op["mode"], a.get("mul"),
-                            a.get("add"), a.get("sgn"), a.get("thr"))
+            return k.bdense(
+                x, a["weight"], op["in_features"], op["mode"], a.get("mul"), a.get("add"), a.get("sgn"), a.get("thr")
+            )
         if kind == "maxpool2d_bits":
-            return k.maxpool2d_bits(x, tuple(op["kernel"]), tuple(op["stride"]),
-                                    _pads(op["padding"]), op["ceil_mode"], a["and_mask"])
-        if kind == "flatten_bits":
-            return x.reshape(x.shape[0], -1)
+            return k.maxpool2d_bits(
+                x, tuple(op["kernel"]), tuple(op["stride"]), _pads(op["padding"]), op["ceil_mode"], a["and_mask"]
+            )
+        return x.reshape(x.shape[0], -1)  # flatten_bits
+
+    def _run_float(self, i, op, args):
+        """The float ops (numpy); None for an unknown kind."""
+        a = self._arrays[i]
+        kind = op["op"]
+        x = args[0] if args else None
         if kind == "conv2d":
-            return _np_kernels.conv2d(x, a["wmat"], a.get("bias"), tuple(op["kernel"]),
-                                      tuple(op["stride"]), tuple(op["dilation"]),
-                                      _pads(op["padding"]), op["pad_value"])
+            return _np_kernels.conv2d(
+                x,
+                a["wmat"],
+                a.get("bias"),
+                tuple(op["kernel"]),
+                tuple(op["stride"]),
+                tuple(op["dilation"]),
+                _pads(op["padding"]),
+                op["pad_value"],
+            )
         if kind == "dense":
             return _np_kernels.dense(x, a["wmat"], a.get("bias"))
         if kind == "scale_shift":
             return x * a["mul"] + a["add"]
         if kind == "maxpool2d":
-            return _np_kernels.maxpool2d(x, tuple(op["kernel"]), tuple(op["stride"]),
-                                         _pads(op["padding"]), op["ceil_mode"])
+            return _np_kernels.maxpool2d(
+                x, tuple(op["kernel"]), tuple(op["stride"]), _pads(op["padding"]), op["ceil_mode"]
+            )
         if kind == "avgpool2d":
-            return _np_kernels.avgpool2d(x, tuple(op["kernel"]), tuple(op["stride"]),
-                                         _pads(op["padding"]), op["ceil_mode"],
-                                         op["count_include_pad"], op["divisor_override"])
+            return _np_kernels.avgpool2d(
+                x,
+                tuple(op["kernel"]),
+                tuple(op["stride"]),
+                _pads(op["padding"]),
+                op["ceil_mode"],
+                op["count_include_pad"],
+                op["divisor_override"],
+            )
         if kind == "global_avgpool":
             y = x.mean(axis=(1, 2), dtype=np.float32, keepdims=op["keepdims"])
             return y
@@ -226,7 +285,7 @@ class Runtime:
             return np.clip(x, np.float32(op["min"]), np.float32(op["max"]))
         if kind == "identity":
             return x
-        raise EngineError(f"op {i} has unknown kind {kind!r}; the file needs a newer onebit")
+        return None
 
     def summary(self) -> str:
         """One line per op: index, kind, output id and the main attributes."""

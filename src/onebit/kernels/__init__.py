@@ -11,8 +11,18 @@ from __future__ import annotations
 from .bits import EngineError, pack_bool, pack_sign, popcount, unpack_sign, words_for
 from .geometry import out_size, same_padding
 
-__all__ = ["EngineError", "jit_kernels", "jit_loaded", "out_size", "pack_bool", "pack_sign", "popcount", "same_padding",
-           "unpack_sign", "words_for"]
+__all__ = [
+    "EngineError",
+    "jit_kernels",
+    "jit_loaded",
+    "out_size",
+    "pack_bool",
+    "pack_sign",
+    "popcount",
+    "same_padding",
+    "unpack_sign",
+    "words_for",
+]
 
 _jit = None  # the imported numba kernels; False once numba failed to import
 

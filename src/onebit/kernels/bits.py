@@ -45,6 +45,12 @@ def pack_bool(bits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed).view(np.uint64)
 
 
+def sign(x: np.ndarray) -> np.ndarray:
+    """+1 where x >= 0 (zero and -0.0 included), -1 elsewhere, as float32: the numpy twin of
+    ``onebit.functional.sign`` (bit 0 of ``pack_sign``)."""
+    return np.where(x >= 0, np.float32(1), np.float32(-1))
+
+
 def pack_sign(x: np.ndarray) -> np.ndarray:
     """Pack sign(x) along the last axis: bit = 1 iff x < 0 (so 0 and -0.0 are +1)."""
     return pack_bool(np.asarray(x) < 0)
@@ -102,7 +108,7 @@ def to_bytes(graph: dict, arrays: dict[str, np.ndarray]) -> bytes:
     for name, a in arrays.items():
         raw = np.ascontiguousarray(a).astype(np.dtype(table[name]["dtype"]).newbyteorder("<")).tobytes()
         off = table[name]["offset"]
-        data[off:off + len(raw)] = raw
+        data[off : off + len(raw)] = raw
     return bytes(head) + bytes(data)
 
 
@@ -128,15 +134,13 @@ def read(path) -> tuple[dict, dict[str, np.ndarray]]:
         raise EngineError(f"{path!s} is not an onebit engine file (bad magic bytes)")
     n = int(np.frombuffer(blob, np.uint64, 1, 8)[0])
     try:
-        graph = json.loads(blob[16:16 + n].decode("utf-8"))
+        graph = json.loads(blob[16 : 16 + n].decode("utf-8"))
     except ValueError as e:
         raise EngineError(f"{path!s}: corrupt engine header ({e})") from None
     if graph.get("format") != FORMAT:
         raise EngineError(f"{path!s} has format {graph.get('format')!r}, expected {FORMAT!r}")
     if graph.get("version") != VERSION:
-        raise EngineError(
-            f"{path!s} has format version {graph.get('version')!r}; this onebit reads version {VERSION}"
-        )
+        raise EngineError(f"{path!s} has format version {graph.get('version')!r}; this onebit reads version {VERSION}")
     start = 16 + n + (-(16 + n) % _ALIGN)
     arrays = {}
     for name, spec in graph.pop("arrays").items():

@@ -10,8 +10,7 @@ import math
 __all__ = ["out_size", "same_padding"]
 
 
-def out_size(size: int, k: int, stride: int, dilation: int, before: int, after: int,
-             ceil_mode: bool = False) -> int:
+def out_size(size: int, k: int, stride: int, dilation: int, before: int, after: int, ceil_mode: bool = False) -> int:
     """Output length of a window op over ``size`` padded by (before, after), torch's rule."""
     span = size + before + after - dilation * (k - 1) - 1
     if span < 0:

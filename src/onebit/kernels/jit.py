@@ -97,8 +97,9 @@ def _to_dots(acc, n_out, n_oob, oob, wpc_t, c_in, taps, pad_one):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _bconv2d(x, wt, wpc_t, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, mode, mul, add, t2,
-             flip, out_f, out_b):
+def _bconv2d(
+    x, wt, wpc_t, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, mode, mul, add, t2, flip, out_f, out_b
+):
     """Threads over output rows; two output pixels at a time share each kernel word loaded, and
     the innermost loop runs over output channels (``wt`` is (kh*kw*words, O)), so it vectorizes
     without horizontal sums."""
@@ -178,8 +179,7 @@ def _maxpool_bits(x, kh, kw, sh, sw, pt, pl, ho, wo, and_mask, out):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _fconv2d(x, wmat, bias, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, affine, mul, add,
-             pack, out_f, out_b):
+def _fconv2d(x, wmat, bias, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, affine, mul, add, pack, out_f, out_b):
     """Float conv on NHWC ``x`` with ``wmat`` (kh*kw*C, O), threads over output rows, then the
     optional per-channel ``y * mul + add`` (a folded batch norm) and, with ``pack``, sign bits
     packed straight into ``out_b`` (bit = 1 iff y < 0), so the first layer of a BNN makes its
@@ -221,8 +221,7 @@ def _fconv2d(x, wmat, bias, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, a
                     out_f[n, oh, ow, o] = acc[o]
 
 
-def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, mul=None, add=None,
-           pack=False):
+def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, mul=None, add=None, pack=False):
     """``kernels_numpy.conv2d`` in threads, fused with an optional ``* mul + add`` and sign packing
     (``pack=True`` returns packed uint64 words like ``bits.pack_sign`` of the float result)."""
     n, h, wid, c = x.shape
@@ -241,9 +240,28 @@ def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, mul=None, a
     else:
         out_f = np.empty((n, ho, wo, o), np.float32)
         out_b = np.empty((1, 1, 1, 1), np.uint64)
-    _fconv2d(np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(wmat, np.float32),
-             bias, kh, kw, stride[0], stride[1], dilation[0], dilation[1], pt, pl, ho, wo,
-             np.float32(pad_value), affine, mul, add, pack, out_f, out_b)
+    _fconv2d(
+        np.ascontiguousarray(x, dtype=np.float32),
+        np.ascontiguousarray(wmat, np.float32),
+        bias,
+        kh,
+        kw,
+        stride[0],
+        stride[1],
+        dilation[0],
+        dilation[1],
+        pt,
+        pl,
+        ho,
+        wo,
+        np.float32(pad_value),
+        affine,
+        mul,
+        add,
+        pack,
+        out_f,
+        out_b,
+    )
     return out_b if pack else out_f
 
 
@@ -280,8 +298,9 @@ def kernel_matrix(w):
     return np.ascontiguousarray(w.reshape(w.shape[0], -1).T)
 
 
-def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=None, sgn=None,
-            thr=None, wpc=None, wt=None):
+def bconv2d(
+    x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=None, sgn=None, thr=None, wpc=None, wt=None
+):
     """Same contract as ``kernels_numpy.bconv2d``; ``wpc`` (O, kh*kw) kernel bits per tap and
     ``wt`` = ``kernel_matrix(w)`` (both computed here when not given)."""
     if wpc is None:
@@ -301,8 +320,30 @@ def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=N
         out_f = np.empty((n, ho, wo, 1), np.float32)
         out_b = np.empty((n, ho, wo, (o + 63) // 64), np.uint64)
     wpc_t = np.ascontiguousarray(np.asarray(wpc, np.int64).T)
-    _bconv2d(np.ascontiguousarray(x), wt, wpc_t, c_in, kh, kw, stride[0], stride[1], dilation[0],
-             dilation[1], pt, pl, ho, wo, pad_value != 0, m, mul, add, t2, flip, out_f, out_b)
+    _bconv2d(
+        np.ascontiguousarray(x),
+        wt,
+        wpc_t,
+        c_in,
+        kh,
+        kw,
+        stride[0],
+        stride[1],
+        dilation[0],
+        dilation[1],
+        pt,
+        pl,
+        ho,
+        wo,
+        pad_value != 0,
+        m,
+        mul,
+        add,
+        t2,
+        flip,
+        out_f,
+        out_b,
+    )
     return out_f if m == 0 else out_b
 
 
@@ -328,8 +369,7 @@ def maxpool2d_bits(x, kernel, stride, pads, ceil_mode, and_mask):
     ho = out_size(h, kernel[0], stride[0], 1, pt, pb, ceil_mode)
     wo = out_size(wid, kernel[1], stride[1], 1, pl, pr, ceil_mode)
     out = np.empty((n, ho, wo, words), np.uint64)
-    _maxpool_bits(np.ascontiguousarray(x), kernel[0], kernel[1], stride[0], stride[1], pt, pl, ho,
-                  wo, and_mask, out)
+    _maxpool_bits(np.ascontiguousarray(x), kernel[0], kernel[1], stride[0], stride[1], pt, pl, ho, wo, and_mask, out)
     return out
 
 
@@ -388,7 +428,9 @@ def _unpack_sign_into(bits, out):
         for k in range(w):
             for ch in range(c):
                 word = bits[i, j, k, ch >> 6]
-                out[i, j, k, ch] = np.float32(1.0) - np.float32(2.0) * np.float32((word >> np.uint64(ch & 63)) & np.uint64(1))
+                out[i, j, k, ch] = np.float32(1.0) - np.float32(2.0) * np.float32(
+                    (word >> np.uint64(ch & 63)) & np.uint64(1)
+                )
 
 
 def unpack_sign_into(bits: np.ndarray, out: np.ndarray) -> None:

@@ -34,13 +34,14 @@ def _patches(x, kh, kw, stride, dilation, pads, fill, ho, wo):
     (pt, pb), (pl, pr) = pads
     n, h, w, c = x.shape
     xp = np.full((n, h + pt + pb, w + pl + pr, c), fill, dtype=x.dtype)
-    xp[:, pt:pt + h, pl:pl + w] = x
+    xp[:, pt : pt + h, pl : pl + w] = x
     out = np.empty((n, ho, wo, kh * kw, c), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             r0, c0 = i * dilation[0], j * dilation[1]
-            out[:, :, :, i * kw + j] = xp[:, r0:r0 + stride[0] * (ho - 1) + 1:stride[0],
-                                          c0:c0 + stride[1] * (wo - 1) + 1:stride[1]]
+            out[:, :, :, i * kw + j] = xp[
+                :, r0 : r0 + stride[0] * (ho - 1) + 1 : stride[0], c0 : c0 + stride[1] * (wo - 1) + 1 : stride[1]
+            ]
     return out
 
 
@@ -55,13 +56,12 @@ def _xor_popcount(p, w, chunk=4096):
     """(P, Kw) x (O, Kw) uint64 -> (P, O) int64 sum of popcount(p XOR w)."""
     out = np.empty((p.shape[0], w.shape[0]), dtype=np.int64)
     for s in range(0, p.shape[0], chunk):
-        blk = p[s:s + chunk]
-        out[s:s + chunk] = popcount(blk[:, None, :] ^ w[None, :, :]).sum(axis=-1)
+        blk = p[s : s + chunk]
+        out[s : s + chunk] = popcount(blk[:, None, :] ^ w[None, :, :]).sum(axis=-1)
     return out
 
 
-def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=None, sgn=None,
-            thr=None):
+def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=None, sgn=None, thr=None):
     """Binary conv of packed NHWC ``x`` (N, H, W, words) with packed ``w`` (O, kh, kw, words)."""
     n, h, wd_in, words = x.shape
     o, kh, kw, _ = w.shape

@@ -54,8 +54,12 @@ def _wanted(macs: int) -> bool:
 
 def _applicable(x, w, bias) -> bool:
     return (
-        x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-        and w.device.type == "cpu" and x.layout == torch.strided and w.layout == torch.strided
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and w.dtype == torch.float32
+        and w.device.type == "cpu"
+        and x.layout == torch.strided
+        and w.layout == torch.strided
         and (bias is None or bias.dtype == torch.float32)
     )
 
@@ -91,8 +95,9 @@ class _Conv2d(torch.autograd.Function):
         o = w.shape[0]
         add = np.zeros(o, np.float32) if bias is None else bias.detach().numpy()
         use_torch_threads()
-        out = kn.bconv2d(xbits, wbits, x.shape[1], stride, dilation, pads, pad_value, "float",
-                         np.ones(o, np.float32), add)
+        out = kn.bconv2d(
+            xbits, wbits, x.shape[1], stride, dilation, pads, pad_value, "float", np.ones(o, np.float32), add
+        )
         y = torch.from_numpy(out).permute(0, 3, 1, 2)
         if not out_cl:  # NCHW as F.conv2d gives it (clone also sets canonical strides)
             y = y.clone(memory_format=torch.contiguous_format)
@@ -120,8 +125,18 @@ class _Conv2d(torch.autograd.Function):
             x = torch.constant_pad_nd(x, extra, pad_value)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx, gw, gb = torch.ops.aten.convolution_backward(
-            grad, x, w, [w.shape[0]] if ctx.has_bias else None, list(stride), list(conv_padding),
-            list(dilation), False, [0, 0], 1, [need_x, need_w, need_b and ctx.has_bias])
+            grad,
+            x,
+            w,
+            [w.shape[0]] if ctx.has_bias else None,
+            list(stride),
+            list(conv_padding),
+            list(dilation),
+            False,
+            [0, 0],
+            1,
+            [need_x, need_w, need_b and ctx.has_bias],
+        )
         if need_x and extra:
             gx = torch.constant_pad_nd(gx, [-p for p in extra])
         return gx, gw, gb, None, None, None
@@ -141,8 +156,7 @@ def conv2d(x, w, bias, stride, dilation, pads, pad_value, conv_padding):
     if x.dim() != 4 or pad_value not in (0.0, 1.0) or not _applicable(x, w, bias):
         return None
     k = w.shape[1] * w.shape[2] * w.shape[3]
-    out = [out_size(x.shape[2 + i], w.shape[2 + i], stride[i], dilation[i], b, a)
-           for i, (b, a) in enumerate(pads)]
+    out = [out_size(x.shape[2 + i], w.shape[2 + i], stride[i], dilation[i], b, a) for i, (b, a) in enumerate(pads)]
     if k >= _MAX_K or 0 in x.shape or min(out) < 1 or not _wanted(x.shape[0] * out[0] * out[1] * w.shape[0] * k):
         return None
     wbits, bad = _pack(w)
@@ -167,8 +181,7 @@ class _Linear(torch.autograd.Function):
         o = w.shape[0]
         add = np.zeros(o, np.float32) if bias is None else bias.detach().numpy()
         use_torch_threads()
-        out = kn.bdense(xbits[0, 0], wbits[0, 0], x.shape[1], "float",
-                        np.ones(o, np.float32), add)
+        out = kn.bdense(xbits[0, 0], wbits[0, 0], x.shape[1], "float", np.ones(o, np.float32), add)
         need_x, need_w = ctx.needs_input_grad[:2]
         ctx.save_for_backward(x if need_w else None, w if need_x else None)
         ctx.has_bias = bias is not None

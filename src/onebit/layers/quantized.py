@@ -42,6 +42,7 @@ __all__ = [
     "apply_constraints",
 ]
 
+
 class QuantLayer:
     """Mixin of every onebit quantized layer: quantizers, constraint and padding value."""
 
@@ -87,9 +88,11 @@ class QuantLayer:
 
     def _popcount_eligible(self) -> bool:
         """Whether input and kernel are exact +/-1 by construction (the popcount forward may apply)."""
-        return (settings.get("popcount_forward") != "off"
-                and quantizers.is_sign(self.input_quantizer, probe=False)
-                and quantizers.is_sign(self.kernel_quantizer, kernel=True, probe=False))
+        return (
+            settings.get("popcount_forward") != "off"
+            and quantizers.is_sign(self.input_quantizer, probe=False)
+            and quantizers.is_sign(self.kernel_quantizer, kernel=True, probe=False)
+        )
 
     def _quant_repr(self) -> str:
         parts = []
@@ -141,9 +144,7 @@ class _QuantConvNd(QuantLayer):
             # Keep torch's bookkeeping valid, then remember that padding is TF-style SAME.
             self.padding = "same"
         if pad_values != 0.0 and self.padding_mode != "zeros":
-            raise ValueError(
-                f"pad_values={pad_values!r} needs padding_mode='zeros', got {self.padding_mode!r}"
-            )
+            raise ValueError(f"pad_values={pad_values!r} needs padding_mode='zeros', got {self.padding_mode!r}")
         self._init_quant(input_quantizer, kernel_quantizer, kernel_constraint, pad_values)
 
     def _same_pads(self, spatial: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -172,8 +173,13 @@ class _QuantConvNd(QuantLayer):
 
     def _popcount_forward(self, x, w):
         """The popcount forward (same output and gradients as torch's) or None where it does not apply."""
-        if (type(self)._conv is not F.conv2d or x.dim() != 4 or self.groups != 1
-                or self.padding_mode != "zeros" or not self._popcount_eligible()):
+        if (
+            type(self)._conv is not F.conv2d
+            or x.dim() != 4
+            or self.groups != 1
+            or self.padding_mode != "zeros"
+            or not self._popcount_eligible()
+        ):
             return None
         spatial = tuple(x.shape[2:])
         pads = self.explicit_padding(spatial)
@@ -181,8 +187,7 @@ class _QuantConvNd(QuantLayer):
             return popcount.conv2d(x, w, self.bias, self.stride, self.dilation, pads, self.pad_values, (0, 0))
         pads = self.padding_for(spatial)
         # torch pads with zeros: the symmetric part in the conv, "same"'s odd pixel before it
-        return popcount.conv2d(x, w, self.bias, self.stride, self.dilation, pads, 0.0,
-                           [min(b, a) for b, a in pads])
+        return popcount.conv2d(x, w, self.bias, self.stride, self.dilation, pads, 0.0, [min(b, a) for b, a in pads])
 
     def forward(self, x):
         x = self._quantize_input(x)
@@ -226,8 +231,18 @@ def _conv_init(parent, dims):
         strided = any(s != 1 for s in nn.modules.utils._ntuple(dims)(stride))
         torch_padding = 0 if (padding == "same" and strided) else padding
         parent.__init__(
-            self, in_channels, out_channels, kernel_size, stride, torch_padding, dilation,
-            groups, bias, padding_mode, device, dtype,
+            self,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            torch_padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            device,
+            dtype,
         )
         self._init_conv_quant(padding, input_quantizer, kernel_quantizer, kernel_constraint, pad_values)
 
@@ -284,8 +299,18 @@ class QuantDepthwiseConv2d(_QuantConvNd, nn.Conv2d):
         strided = any(s != 1 for s in nn.modules.utils._pair(stride))
         torch_padding = 0 if (padding == "same" and strided) else padding
         nn.Conv2d.__init__(
-            self, in_channels, in_channels * depth_multiplier, kernel_size, stride, torch_padding,
-            dilation, in_channels, bias, padding_mode, device, dtype,
+            self,
+            in_channels,
+            in_channels * depth_multiplier,
+            kernel_size,
+            stride,
+            torch_padding,
+            dilation,
+            in_channels,
+            bias,
+            padding_mode,
+            device,
+            dtype,
         )
         self.depth_multiplier = depth_multiplier
         self._init_conv_quant(padding, input_quantizer, kernel_quantizer, kernel_constraint, pad_values)
@@ -314,8 +339,18 @@ class QuantConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
         kernel_constraint=None,
     ):
         super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
-            dilation, padding_mode, device, dtype,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            output_padding,
+            groups,
+            bias,
+            dilation,
+            padding_mode,
+            device,
+            dtype,
         )
         self._init_quant(input_quantizer, kernel_quantizer, kernel_constraint)
 
@@ -324,8 +359,14 @@ class QuantConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
             x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
         )
         return F.conv_transpose2d(
-            self._quantize_input(x), self.quantized_weight(), self.bias, self.stride,
-            self.padding, output_padding, self.groups, self.dilation,
+            self._quantize_input(x),
+            self.quantized_weight(),
+            self.bias,
+            self.stride,
+            self.padding,
+            output_padding,
+            self.groups,
+            self.dilation,
         )
 
     def extra_repr(self) -> str:

@@ -73,9 +73,7 @@ def init_kernel(module: nn.Module, scheme: str = "glorot_uniform") -> nn.Module:
         var = 2.0 / (fan_in + fan_out) if scheme == "glorot_normal" else 2.0 / fan_in
         _truncated_normal_(weight, math.sqrt(var) / _TRUNCATED_STD)
     else:
-        raise ValueError(
-            f"unknown initialiser {scheme!r}; use 'glorot_uniform', 'glorot_normal' or 'he_normal'"
-        )
+        raise ValueError(f"unknown initialiser {scheme!r}; use 'glorot_uniform', 'glorot_normal' or 'he_normal'")
     if getattr(module, "bias", None) is not None:
         nn.init.zeros_(module.bias)
     return module
@@ -88,12 +86,12 @@ def keras_bn(num_features: int, momentum: float = 0.99, eps: float = KERAS_BN_EP
 
 def global_pool_head(features: int, num_classes: int, init: str = "glorot_uniform") -> nn.Sequential:
     """Global average pool, flatten and a real-valued dense classifier with bias (logits)."""
-    return nn.Sequential(
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), init_kernel(nn.Linear(features, num_classes), init)
-    )
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), init_kernel(nn.Linear(features, num_classes), init))
 
 
-def downsample_shortcut(in_channels: int, out_channels: int, momentum: float, eps: float = KERAS_BN_EPS) -> nn.Sequential:
+def downsample_shortcut(
+    in_channels: int, out_channels: int, momentum: float, eps: float = KERAS_BN_EPS
+) -> nn.Sequential:
     """The real-valued shortcut of Bi-Real / ResNet-E / Real-to-Binary blocks where the channels
     double: 2x2/2 average pool ("same"), 1x1 convolution (glorot normal) and batch norm
     (``momentum`` in Keras' convention)."""

@@ -20,8 +20,14 @@ class DenseLayer(nn.Module):
         self.bn = keras_bn(in_channels, 0.9, eps=1e-5)
         self.conv = init_kernel(
             QuantConv2d(
-                in_channels, growth_rate, 3, padding="same", dilation=dilation, bias=False,
-                input_quantizer=SteSign(clip), kernel_quantizer=SteSign(clip),
+                in_channels,
+                growth_rate,
+                3,
+                padding="same",
+                dilation=dilation,
+                bias=False,
+                input_quantizer=SteSign(clip),
+                kernel_quantizer=SteSign(clip),
                 kernel_constraint=WeightClip(clip),
             ),
             "glorot_normal",
@@ -31,8 +37,9 @@ class DenseLayer(nn.Module):
         return torch.cat([x, self.conv(self.bn(x))], dim=1)
 
 
-def _binary_densenet(layers_per_block, reduction, dilation, num_classes, in_channels,
-                     initial_filters, growth_rate, clip) -> nn.Module:
+def _binary_densenet(
+    layers_per_block, reduction, dilation, num_classes, in_channels, initial_filters, growth_rate, clip
+) -> nn.Module:
     f = initial_filters
     layers = [
         init_kernel(QuantConv2d(in_channels, f, 7, 2, padding="same", bias=False), "he_normal"),
@@ -76,6 +83,12 @@ def binary_densenet28(
     top-1 / 82.83% top-5 on ImageNet (224x224), 5,150,504 Keras parameters, 4.12 MB.
     """
     return _binary_densenet(
-        (6, 6, 6, 5), (2.7, 2.7, 2.2), (1, 1, 1, 1), num_classes, in_channels,
-        initial_filters, growth_rate, clip_value,
+        (6, 6, 6, 5),
+        (2.7, 2.7, 2.2),
+        (1, 1, 1, 1),
+        num_classes,
+        in_channels,
+        initial_filters,
+        growth_rate,
+        clip_value,
     )

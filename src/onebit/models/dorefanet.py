@@ -60,6 +60,7 @@ def dorefanet(
 
     Counts (224x224): 58,236,928 binary weights.
     """
+
     def quant():
         return dict(
             input_quantizer=DoReFa(k_bit=activations_k_bit, mode="activations"),

@@ -14,8 +14,14 @@ from .registry import register_model
 def _conv(in_channels, out_channels, kernel_size, stride=1, groups=1, quant=None):
     return init_kernel(
         QuantConv2d(
-            in_channels, out_channels, kernel_size, stride, padding="same", groups=groups,
-            bias=False, **(quant or {}),
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding="same",
+            groups=groups,
+            bias=False,
+            **(quant or {}),
         ),
         "glorot_normal",
     )
@@ -65,9 +71,15 @@ def meliusnet22(
         kernel_constraint=kernel_constraint,
     )
     layers = [
-        _conv(in_channels, 32, 3, 2), keras_bn(32, 0.9), nn.ReLU(),
-        _conv(32, 32, 3, groups=4), keras_bn(32, 0.9), nn.ReLU(),
-        _conv(32, 64, 3, groups=8), keras_bn(64, 0.9), nn.ReLU(),
+        _conv(in_channels, 32, 3, 2),
+        keras_bn(32, 0.9),
+        nn.ReLU(),
+        _conv(32, 32, 3, groups=4),
+        keras_bn(32, 0.9),
+        nn.ReLU(),
+        _conv(32, 64, 3, groups=8),
+        keras_bn(64, 0.9),
+        nn.ReLU(),
         Pool2dSame("max", 2, 2),
     ]
     channels = 64
@@ -77,7 +89,9 @@ def meliusnet22(
             channels += 64
         if transition:
             layers += [
-                keras_bn(channels, 0.9), Pool2dSame("max", 2, 2), nn.ReLU(),
+                keras_bn(channels, 0.9),
+                Pool2dSame("max", 2, 2),
+                nn.ReLU(),
                 init_kernel(nn.Conv2d(channels, transition, 1, bias=False), "glorot_normal"),
             ]
             channels = transition

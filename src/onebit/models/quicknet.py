@@ -19,8 +19,14 @@ class QuickNetResidual(nn.Module):
         super().__init__()
         self.conv = init_kernel(
             QuantConv2d(
-                channels, channels, 3, padding="same", bias=False, pad_values=1.0,
-                input_quantizer=SteSign(clip), kernel_quantizer=SteSign(clip),
+                channels,
+                channels,
+                3,
+                padding="same",
+                bias=False,
+                pad_values=1.0,
+                input_quantizer=SteSign(clip),
+                kernel_quantizer=SteSign(clip),
                 kernel_constraint=WeightClip(clip),
             ),
             "glorot_normal",
@@ -108,15 +114,42 @@ def quicknet_large(num_classes: int = 1000, in_channels: int = 3, clip_value: fl
     return _quicknet((6, 8, 12, 6), (64, 128, 256, 512), num_classes, in_channels, clip_value)
 
 
-quicknet_small.__doc__ = _DOC.format(
-    title="QuickNet Small", fn="QuickNetSmall", blocks="4/4/4/4", filters="32/64/256/512",
-    top1="59.4%", top5="81.8%", params="12,655,688", memory="4.00 MB",
-) + "\n    Counts (224x224): 11,980,800 binary weights.\n"
-quicknet.__doc__ = _DOC.format(
-    title="QuickNet", fn="QuickNet", blocks="4/4/4/4", filters="64/128/256/512",
-    top1="63.3%", top5="84.6%", params="13,234,088", memory="4.17 MB",
-) + "\n    Counts (224x224): 12,533,760 binary weights.\n"
-quicknet_large.__doc__ = _DOC.format(
-    title="QuickNet Large", fn="QuickNetLarge", blocks="6/8/12/6", filters="64/128/256/512",
-    top1="66.9%", top5="87.0%", params="23,342,248", memory="5.40 MB",
-) + "\n    Counts (224x224): 22,634,496 binary weights.\n"
+quicknet_small.__doc__ = (
+    _DOC.format(
+        title="QuickNet Small",
+        fn="QuickNetSmall",
+        blocks="4/4/4/4",
+        filters="32/64/256/512",
+        top1="59.4%",
+        top5="81.8%",
+        params="12,655,688",
+        memory="4.00 MB",
+    )
+    + "\n    Counts (224x224): 11,980,800 binary weights.\n"
+)
+quicknet.__doc__ = (
+    _DOC.format(
+        title="QuickNet",
+        fn="QuickNet",
+        blocks="4/4/4/4",
+        filters="64/128/256/512",
+        top1="63.3%",
+        top5="84.6%",
+        params="13,234,088",
+        memory="4.17 MB",
+    )
+    + "\n    Counts (224x224): 12,533,760 binary weights.\n"
+)
+quicknet_large.__doc__ = (
+    _DOC.format(
+        title="QuickNet Large",
+        fn="QuickNetLarge",
+        blocks="6/8/12/6",
+        filters="64/128/256/512",
+        top1="66.9%",
+        top5="87.0%",
+        params="23,342,248",
+        memory="5.40 MB",
+    )
+    + "\n    Counts (224x224): 22,634,496 binary weights.\n"
+)

@@ -18,8 +18,7 @@ class HalfBlock(nn.Module):
     1x1 convolution and batch norm.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, quant: dict, scaling_r: int = 8,
-                 momentum: float = 0.99):
+    def __init__(self, in_channels: int, out_channels: int, quant: dict, scaling_r: int = 8, momentum: float = 0.99):
         super().__init__()
         stride = 1 if in_channels == out_channels else 2
         self.bn = keras_bn(in_channels, momentum)

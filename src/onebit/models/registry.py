@@ -49,8 +49,12 @@ def _info(fn: Callable[..., nn.Module], dataset: str) -> ModelInfo:
     keywords = None if any(p.kind is p.VAR_KEYWORD for p in params.values()) else frozenset(params)
     side = defaults.get("image_size", 224)
     return ModelInfo(
-        name=fn.__name__, builder=fn, input_size=(defaults.get("in_channels", 3), side, side),
-        num_classes=defaults.get("num_classes", 1000), dataset=dataset, keywords=keywords,
+        name=fn.__name__,
+        builder=fn,
+        input_size=(defaults.get("in_channels", 3), side, side),
+        num_classes=defaults.get("num_classes", 1000),
+        dataset=dataset,
+        keywords=keywords,
     )
 
 
@@ -84,7 +88,9 @@ def create_model(name: str, **kwargs) -> nn.Module:
     info = model_info(name)
     unknown = sorted(k for k in kwargs if not info.accepts(k))
     if unknown:
-        raise ValueError(f"model {name!r} takes no argument {unknown[0]!r}; it takes: {', '.join(sorted(info.keywords))}")
+        raise ValueError(
+            f"model {name!r} takes no argument {unknown[0]!r}; it takes: {', '.join(sorted(info.keywords))}"
+        )
     model = info.builder(**kwargs)
     model.name = name  # shown by onebit.summary
     return model

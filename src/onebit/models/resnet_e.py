@@ -19,8 +19,14 @@ class ResNetEBlock(nn.Module):
         super().__init__()
         self.conv = init_kernel(
             QuantConv2d(
-                in_channels, out_channels, 3, stride, padding="same", bias=False,
-                input_quantizer=SteSign(clip), kernel_quantizer=SteSign(clip),
+                in_channels,
+                out_channels,
+                3,
+                stride,
+                padding="same",
+                bias=False,
+                input_quantizer=SteSign(clip),
+                kernel_quantizer=SteSign(clip),
                 kernel_constraint=WeightClip(clip),
             ),
             "glorot_normal",

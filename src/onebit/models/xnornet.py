@@ -54,10 +54,17 @@ def xnornet(
 
     Counts (224x224): 58,236,928 binary weights.
     """
+
     def qconv(cin, cout, k, padding="same"):
         return QuantConv2d(
-            cin, cout, k, padding=padding, bias=False, input_quantizer=input_quantizer,
-            kernel_quantizer=XnorWeightScale(), kernel_constraint=kernel_constraint,
+            cin,
+            cout,
+            k,
+            padding=padding,
+            bias=False,
+            input_quantizer=input_quantizer,
+            kernel_quantizer=XnorWeightScale(),
+            kernel_constraint=kernel_constraint,
         )
 
     size = pooled_size(pooled_size(pooled_size(-(-image_size // 4))))

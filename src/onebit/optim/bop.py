@@ -260,8 +260,14 @@ class Bop(Optimizer):
             if foreach is None:
                 foreach = not fused
             flips = bop(
-                params, grads, exp_avgs, gamma=group["lr"], threshold=group["threshold"],
-                maximize=group["maximize"], foreach=foreach, fused=fused,
+                params,
+                grads,
+                exp_avgs,
+                gamma=group["lr"],
+                threshold=group["threshold"],
+                maximize=group["maximize"],
+                foreach=foreach,
+                fused=fused,
                 fused_step=self.__dict__.setdefault("_fused_step", FusedStep()),  # unpickled: a new one
             )
             for p, f in zip(params, flips):

@@ -53,8 +53,7 @@ class CaseOptimizer(Optimizer):
             if default is not None:
                 if not isinstance(default, Optimizer):
                     raise TypeError(
-                        f"default={default!r} must be an Optimizer when no (predicate, factory) "
-                        "pairs are given"
+                        f"default={default!r} must be an Optimizer when no (predicate, factory) pairs are given"
                     )
                 optimizers.append(default)
         if not optimizers:
@@ -98,9 +97,7 @@ class CaseOptimizer(Optimizer):
         for item in items:
             pair = isinstance(item, tuple) and len(item) == 2 and all(map(callable, item))
             if not (pair or isinstance(item, Optimizer)):
-                raise TypeError(
-                    f"{item!r} is not a torch.optim.Optimizer nor a (predicate, factory) pair of callables"
-                )
+                raise TypeError(f"{item!r} is not a torch.optim.Optimizer nor a (predicate, factory) pair of callables")
         if any(isinstance(item, Optimizer) for item in items):
             raise TypeError("give either optimizers or (predicate, factory) pairs, not both")
         if all_params is None:
@@ -175,9 +172,7 @@ class CaseOptimizer(Optimizer):
         saved = state_dict.get("optimizers")
         if saved is None or len(saved) != len(self.optimizers):
             got = "no 'optimizers' key" if saved is None else f"{len(saved)} optimizers"
-            raise ValueError(
-                f"state_dict has {got}; this CaseOptimizer has {len(self.optimizers)} optimizers"
-            )
+            raise ValueError(f"state_dict has {got}; this CaseOptimizer has {len(self.optimizers)} optimizers")
         for opt, sd in zip(self.optimizers, saved):
             opt.load_state_dict(sd)
 

@@ -8,14 +8,10 @@ of ``[[runs]]`` (``label``, ``group`` and the keys that change).
 
 from __future__ import annotations
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: pip install tomli (see docs/training.md)
-    import tomli as tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 
-from ..training.config import ConfigError, apply_overrides, defaults, parse_value, validate
+from ..training.config import ConfigError, apply_overrides, defaults, parse_value, read_toml, validate
 
 __all__ = ["KINDS", "Recipe", "list_recipes", "load_recipe"]
 
@@ -35,11 +31,17 @@ class Recipe:
     recipe_keys: tuple = ()
     runs: list[dict] = field(default_factory=list)
 
-    def with_overrides(self, overrides: list[str]) -> "Recipe":
+    def with_overrides(self, overrides: list[str]) -> Recipe:
         """A copy whose config has the ``key=value`` overrides applied."""
         return Recipe(
-            self.name, self.description, self.source, self.kind, list(self.notes),
-            apply_overrides(self.config, overrides), self.recipe_keys, [dict(r) for r in self.runs],
+            self.name,
+            self.description,
+            self.source,
+            self.kind,
+            list(self.notes),
+            apply_overrides(self.config, overrides),
+            self.recipe_keys,
+            [dict(r) for r in self.runs],
         )
 
     def run_configs(self) -> list[tuple[dict, dict]]:
@@ -68,10 +70,7 @@ def load_recipe(name: str) -> Recipe:
     files = _files()
     if name not in files:
         raise ConfigError(f"unknown recipe {name!r}; available: {', '.join(sorted(files))}")
-    try:
-        data = tomllib.loads(files[name].read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"recipe {name!r} is not valid TOML: {e}") from None
+    data = read_toml(files[name].read_text(encoding="utf-8"), f"recipe {name!r}")
     meta = data.get("recipe", {})
     kind = meta.get("kind", "train")
     if kind not in KINDS:

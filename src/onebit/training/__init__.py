@@ -5,14 +5,19 @@ from .build import FlipSource, build_model, build_optimizer, build_schedulers, s
 from .checkpoint import load as load_checkpoint
 from .checkpoint import save_atomic
 from .config import FIELDS, ConfigError, apply_overrides, defaults
-from .loop import Interrupted, format_summary, new_run_dir, train
+from .loop import Interrupted, Trainer, TrainState, format_summary, train
+from .runs import CheckpointSaver, RunFolder, load_run, new_run_dir, read_run_config
 from .step import evaluate, make_train_step
 
 __all__ = [
     "FIELDS",
+    "CheckpointSaver",
     "ConfigError",
     "FlipSource",
     "Interrupted",
+    "RunFolder",
+    "TrainState",
+    "Trainer",
     "apply_overrides",
     "build_model",
     "build_optimizer",
@@ -21,8 +26,10 @@ __all__ = [
     "evaluate",
     "format_summary",
     "load_checkpoint",
+    "load_run",
     "make_train_step",
     "new_run_dir",
+    "read_run_config",
     "save_atomic",
     "schedule_factor",
     "train",

@@ -9,19 +9,29 @@ import torch
 from torch import nn
 
 from .. import constraints, quantizers
-from ..layers import QuantLayer, binary_parameters, real_parameters
 from ..data import load_dataset
+from ..layers import QuantLayer, binary_parameters, real_parameters
 from ..metrics import FlipCounter
 from ..models import create_model, list_models, model_info
 from ..optim import Bop, CaseOptimizer
 from .config import ConfigError
 
-__all__ = ["load_data", "build_model", "build_optimizer", "schedule_factor", "build_schedulers", "FlipSource", "binary_named_parameters"]
+__all__ = [
+    "load_data",
+    "build_model",
+    "build_optimizer",
+    "schedule_factor",
+    "build_schedulers",
+    "FlipSource",
+    "binary_named_parameters",
+]
 
 
 def load_data(config: dict):
     """(train, test) data sets of a config (dataset, data_dir, image_size, augment)."""
-    return load_dataset(config["dataset"], config["data_dir"], config["image_size"], config["augment"], config["augment_pad"])
+    return load_dataset(
+        config["dataset"], config["data_dir"], config["image_size"], config["augment"], config["augment_pad"]
+    )
 
 
 def _kernel_quantizer(config: dict):
@@ -105,7 +115,10 @@ def build_optimizer(config: dict, model: nn.Module):
             binary = {id(p) for p in binary_parameters(model)}
             groups = []
             for g in opt.param_groups:
-                for subset, lr in (([p for p in g["params"] if id(p) not in binary], g["lr"]), ([p for p in g["params"] if id(p) in binary], config["latent_lr"])):
+                for subset, lr in (
+                    ([p for p in g["params"] if id(p) not in binary], g["lr"]),
+                    ([p for p in g["params"] if id(p) in binary], config["latent_lr"]),
+                ):
                     if subset:
                         groups.append(dict(g, params=subset, lr=lr))
             opt = type(opt)(groups, **{k: v for k, v in opt.defaults.items() if k in ("eps", "momentum")})
@@ -146,6 +159,7 @@ def build_schedulers(config: dict, optimizer, bop, steps_per_epoch: int, total_s
     gamma lives in Bop's ``"lr"``, so a stock torch scheduler drives it; schedules are pure
     functions of the step count, so resuming restores them exactly.
     """
+
     def period(prefix: str) -> float:
         if config[f"{prefix}_decay_steps"] > 0:
             return float(config[f"{prefix}_decay_steps"])

@@ -10,7 +10,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["FIELDS", "ConfigError", "Field", "defaults", "parse_value", "apply_overrides", "to_toml", "validate"]
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pip install tomli
+    import tomli as tomllib
+import tomli_w
+
+__all__ = [
+    "FIELDS",
+    "ConfigError",
+    "Field",
+    "defaults",
+    "parse_value",
+    "apply_overrides",
+    "read_toml",
+    "to_toml",
+    "validate",
+]
 
 
 class ConfigError(ValueError):
@@ -31,7 +47,12 @@ FIELDS: dict[str, Field] = {
         # data
         Field("dataset", "mnist5k", "data set", ("mnist5k", "mnist", "cifar10", "imagefolder")),
         Field("data_dir", "", "folder of the data set's files (not used by mnist5k)"),
-        Field("augment", "auto", "training augmentation (auto: CIFAR-10 pad_crop_flip, image folders random-resized crop + flip, MNIST none)", ("auto", "none", "pad_crop", "pad_crop_flip")),
+        Field(
+            "augment",
+            "auto",
+            "training augmentation (auto: CIFAR-10 pad_crop_flip, image folders random-resized crop + flip, MNIST none)",
+            ("auto", "none", "pad_crop", "pad_crop_flip"),
+        ),
         Field("augment_pad", 4, "padding in pixels of pad_crop / pad_crop_flip"),
         Field("image_size", 0, "input side in pixels for image folders (0: the data set's own)"),
         # model
@@ -41,16 +62,34 @@ FIELDS: dict[str, Field] = {
         Field("kernel_constraint", "auto", "auto: 'none' with Bop, 'weight_clip' with latent weights"),
         Field("clip_value", 1.0, "latent weights: the STE passes gradients where |w| <= clip_value; weight_clip bound"),
         Field("init_scale", 1.0, "multiply the binary kernels' initial (latent) values by this"),
-        Field("bn_momentum", 0.0, "override every batch norm's torch momentum (0: keep the model's, Keras 0.99 = torch 0.01)"),
-        Field("bn_reestimate", 0, "before each evaluation, recompute batch-norm statistics as exact averages over this many training images (0: off, -1: all)"),
+        Field(
+            "bn_momentum",
+            0.0,
+            "override every batch norm's torch momentum (0: keep the model's, Keras 0.99 = torch 0.01)",
+        ),
+        Field(
+            "bn_reestimate",
+            0,
+            "before each evaluation, recompute batch-norm statistics as exact averages over this many training images (0: off, -1: all)",
+        ),
         Field("sync_batchnorm", False, "SyncBatchNorm across processes under torchrun (alias sync_bn)"),
         # optimisation
         Field("epochs", 6, "training epochs"),
         Field("batch_size", 64, "GLOBAL batch size (split across torchrun processes)"),
-        Field("optimizer", "bop", "bop: Bop for binary kernels + real_optimizer for the rest; latent: real_optimizer for all", ("bop", "latent")),
+        Field(
+            "optimizer",
+            "bop",
+            "bop: Bop for binary kernels + real_optimizer for the rest; latent: real_optimizer for all",
+            ("bop", "latent"),
+        ),
         Field("gamma", 1e-3, "Bop adaptivity rate"),
         Field("threshold", 1e-6, "Bop threshold tau"),
-        Field("bop_fused", "auto", "Bop's compiled one-pass step: auto (param groups >= 2^20 weights), on, off", ("auto", "on", "off")),
+        Field(
+            "bop_fused",
+            "auto",
+            "Bop's compiled one-pass step: auto (param groups >= 2^20 weights), on, off",
+            ("auto", "on", "off"),
+        ),
         Field("gamma_decay", "none", "gamma schedule", ("none", "step", "linear")),
         Field("gamma_decay_epochs", 0.0, "step: decay period; linear: duration (0: whole run), in epochs"),
         Field("gamma_decay_steps", 0, "the same in optimizer steps (overrides gamma_decay_epochs when > 0)"),
@@ -71,14 +110,27 @@ FIELDS: dict[str, Field] = {
         Field("seed", 0, "seed of initialisation, data order and augmentation"),
         Field("threads", 0, "torch CPU threads (0: all cores)"),
         Field("device", "auto", "auto, cpu, cuda or cuda:N"),
-        Field("xnor_forward", "auto", "binary layers' forward by XOR + popcount (onebit.xnor; same outputs and gradients): auto (when numba imports), on, off", ("auto", "on", "off")),
-        Field("channels_last", True, "NHWC memory format for model and image batches (about 2x faster convolutions on CPU)"),
+        Field(
+            "xnor_forward",
+            "auto",
+            "binary layers' forward by XOR + popcount (onebit.xnor; same outputs and gradients): auto (when numba imports), on, off",
+            ("auto", "on", "off"),
+        ),
+        Field(
+            "channels_last",
+            True,
+            "NHWC memory format for model and image batches (about 2x faster convolutions on CPU)",
+        ),
         Field("eval_every", 1, "evaluate on the test set every N epochs (and after the last)"),
         Field("log_every", 50, "read metrics/flips on the host every N steps (progress, TensorBoard)"),
         Field("tensorboard", True, "write TensorBoard events when tensorboard is installed"),
         Field("plots", True, "write accuracy/flip PNG plots at the end"),
         Field("out", "runs", "root folder of run folders (runs/<recipe>/<timestamp>/)"),
-        Field("check_replicas_every", 100, "under torchrun: compare a checksum of the binary weights across processes every N steps and at each epoch end; a difference stops the run (0: off)"),
+        Field(
+            "check_replicas_every",
+            100,
+            "under torchrun: compare a checksum of the binary weights across processes every N steps and at each epoch end; a difference stops the run (0: off)",
+        ),
         Field("max_steps", 0, "stop each epoch after this many steps (0: full epochs; for quick tests)"),
     ]
 }
@@ -155,23 +207,17 @@ def apply_overrides(config: dict, overrides: list[str]) -> dict:
     return validate(config)
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} to TOML")
-
-
 def to_toml(tables: dict[str, dict]) -> str:
-    """Write ``{table: {key: scalar or list}}`` as TOML (enough for configs; read with tomllib)."""
-    lines = []
-    for table, values in tables.items():
-        lines.append(f"[{table}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
-        lines.append("")
-    return "\n".join(lines)
+    """Write ``{table: {key: value}}`` as TOML. TOML has no null: keys whose value is None are left
+    out (a reader sees them as absent)."""
+    return tomli_w.dumps(
+        {table: {k: v for k, v in values.items() if v is not None} for table, values in tables.items()}
+    )
+
+
+def read_toml(text: str, what: str) -> dict:
+    """Parse TOML ``text``; ``ConfigError`` naming ``what`` (a recipe, a file) if it is not valid TOML."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} is not valid TOML: {e}") from None

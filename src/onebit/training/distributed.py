@@ -29,8 +29,18 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = [
-    "Dist", "setup", "local_batch", "all_reduce_sum", "any_rank", "broadcast_object", "default_threads",
-    "weight_checksums", "check_replicas", "sync_buffers", "convert_sync_batchnorm", "describe",
+    "Dist",
+    "setup",
+    "local_batch",
+    "all_reduce_sum",
+    "any_rank",
+    "broadcast_object",
+    "default_threads",
+    "weight_checksums",
+    "check_replicas",
+    "sync_buffers",
+    "convert_sync_batchnorm",
+    "describe",
 ]
 
 
@@ -106,8 +116,12 @@ def local_batch(batch_size: int, d: Dist) -> int:
 def describe(batch_size: int, d: Dist) -> dict:
     """The ``[distributed]`` table of a run's config.toml."""
     return {
-        "world_size": d.world_size, "nodes": d.nodes, "processes_per_node": d.local_world_size,
-        "backend": d.backend or "none", "global_batch": batch_size, "batch_per_process": batch_size // d.world_size,
+        "world_size": d.world_size,
+        "nodes": d.nodes,
+        "processes_per_node": d.local_world_size,
+        "backend": d.backend or "none",
+        "global_batch": batch_size,
+        "batch_per_process": batch_size // d.world_size,
     }
 
 
@@ -193,7 +207,7 @@ def sync_buffers(model: nn.Module, d: Dist, average: bool) -> None:
     if not d.enabled:
         return
     for m in _bn_modules(model):
-        for name, buf in m.named_buffers(recurse=False):
+        for buf in m.buffers(recurse=False):
             if buf is None:
                 continue
             if average and buf.is_floating_point():
@@ -269,7 +283,9 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device | None = None
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     out = module
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
-        out = _GlooSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        out = _GlooSyncBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+        )
         if module.affine:
             out.weight = module.weight
             out.bias = module.bias

@@ -1,16 +1,8 @@
 """The training loop: one loop for every recipe (Bop + Adam, or latent weights + Adam/SGD).
 
 ``train(config)`` builds data, model and optimizer from a config dict, trains with a progress bar,
-and writes the run folder ``runs/<recipe>/<timestamp>/``:
-
-    config.toml     the resolved config (+ recipe name and source)
-    metrics.csv     one row per epoch: loss, train/test accuracy, lr, gamma, flips, log flip ratio, seconds
-    flips.csv       one row per step: flips and log flip ratio, in total and per binary kernel
-    last.pt         checkpoint after every epoch (and on Ctrl-C), written atomically
-    best.pt         the checkpoint of the best test accuracy so far
-    summary.json    test_accuracy (fraction), epochs, wall_seconds, ...
-    events.*        TensorBoard events (when tensorboard is installed)
-    accuracy.png, flips.png
+and writes the run folder ``runs/<recipe>/<timestamp>/`` (config.toml, metrics.csv, flips.csv,
+last.pt, best.pt, summary.json, TensorBoard events, plots; see ``onebit.training.runs``).
 
 Determinism: ``seed`` fixes the initialisation, the data order and the augmentation; ``resume``
 continues bit-identically (2 epochs straight == 1 epoch + resume + 1 epoch). Host syncs happen
@@ -29,28 +21,39 @@ import signal
 import sys
 import threading
 import time
-from datetime import datetime
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import __version__, settings
-from ..layers import popcount
 from ..data import Loader
+from ..layers import popcount
 from ..metrics import LOG_EPS
 from . import checkpoint, distributed
 from .build import FlipSource, build_model, build_optimizer, build_schedulers, load_data
 from .config import ConfigError, to_toml, validate
 from .progress import Progress
+from .runs import CheckpointSaver, RunFolder, new_run_dir
 from .step import evaluate, make_train_step, reestimate_batchnorm, to_device
 
-__all__ = ["Interrupted", "train", "new_run_dir", "METRIC_COLUMNS"]
+__all__ = ["Interrupted", "METRIC_COLUMNS", "TrainState", "Trainer", "format_summary", "train"]
 
 METRIC_COLUMNS = [
-    "epoch", "step", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
-    "lr", "gamma", "flips", "log_flip_ratio", "seconds",
+    "epoch",
+    "step",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "lr",
+    "gamma",
+    "flips",
+    "log_flip_ratio",
+    "seconds",
 ]
+TENSORBOARD_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "gamma", "log_flip_ratio")
 
 
 class Interrupted(Exception):
@@ -59,21 +62,6 @@ class Interrupted(Exception):
     def __init__(self, run_dir: Path, epoch: int, batch: int):
         super().__init__(f"interrupted at epoch {epoch + 1}, batch {batch}; checkpoint saved in {run_dir}")
         self.run_dir = run_dir
-
-
-def new_run_dir(out: str | os.PathLike, recipe: str) -> Path:
-    """A fresh ``out/<recipe>/<YYYYmmdd-HHMMSS>[-N]`` folder."""
-    base = Path(out) / recipe
-    base.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    for i in range(1000):
-        path = base / (stamp if i == 0 else f"{stamp}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"cannot create a run folder under {base}")
 
 
 def _device(name: str) -> torch.device:
@@ -115,14 +103,15 @@ class _StopFlag:
         return False
 
 
-def _write_metrics(run_dir: Path, history: list[dict]) -> None:
-    tmp = run_dir / "metrics.csv.tmp"
+def _write_metrics(path: Path, history: list[dict]) -> None:
+    """Rewrite ``metrics.csv`` (via a temp file): one row per epoch, empty cells for None."""
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, METRIC_COLUMNS)
         writer.writeheader()
         for row in history:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
-    os.replace(tmp, run_dir / "metrics.csv")
+    os.replace(tmp, path)
 
 
 def _truncate_flips(path: Path, completed: int) -> None:
@@ -144,7 +133,9 @@ def _append_flips(path: Path, names: list[str], first_step: int, epoch: int, fli
             writer.writerow(["step", "epoch", "flips", "log_flip_ratio"] + [f"flips/{n}" for n in names])
         for i, row in enumerate(flips):
             total = int(row.sum())
-            writer.writerow([first_step + i + 1, epoch, total, f"{math.log(total / numel + LOG_EPS):.6f}"] + row.tolist())
+            writer.writerow(
+                [first_step + i + 1, epoch, total, f"{math.log(total / numel + LOG_EPS):.6f}"] + row.tolist()
+            )
 
 
 def _tensorboard(run_dir: Path, enabled: bool):
@@ -159,6 +150,401 @@ def _tensorboard(run_dir: Path, enabled: bool):
 
 def _fmt_pct(x) -> str:
     return "  -   " if x is None else f"{100 * x:6.2f}%"
+
+
+@dataclass
+class TrainState:
+    """Where a run stands; every checkpoint holds these fields under their names."""
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # completed batches of epoch ``epoch`` (after Ctrl-C), else 0
+    step: int = 0  # optimizer steps so far
+    history: list = field(default_factory=list)  # one metrics.csv row per completed epoch
+    best: float | None = None  # best test accuracy so far
+    best_epoch: int | None = None
+    wall_seconds: float = 0.0  # wall time of the sessions before this one (resume)
+    partial: dict | None = None  # metric sums, flips and seconds of the interrupted epoch
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> TrainState:
+        return cls(**{f.name: ckpt[f.name] for f in fields(cls)})
+
+
+@dataclass
+class _Epoch:
+    """One epoch in progress: metric sums [loss, correct, count] and per-step flips (on the device)."""
+
+    index: int
+    start: int  # first batch (> 0 when resuming mid-epoch)
+    sums: torch.Tensor
+    flips: torch.Tensor
+    seconds: float = 0.0
+    progress: Progress | None = None
+    t0: float = 0.0
+
+    def lap(self) -> None:
+        self.seconds += time.perf_counter() - self.t0
+
+
+class Trainer:
+    """One training run from a validated config: ``Trainer(config, ...).run()`` returns the summary
+    dict (``train`` does this under the config's ``xnor_forward`` setting). The constructor sets up
+    processes, data, model, optimizer and the run folder, and restores a checkpoint to resume."""
+
+    def __init__(
+        self,
+        config: dict,
+        *,
+        recipe: str = "custom",
+        source: str = "",
+        run_dir=None,
+        resume=None,
+        verbose: bool = True,
+        stream=None,
+        on_step=None,
+    ):
+        self.started = time.perf_counter()
+        self.config, self.recipe, self.source = config, recipe, source
+        self.verbose, self.on_step = verbose, on_step
+        self.stream = stream if stream is not None else sys.stdout
+        torch.set_num_threads(config["threads"] or distributed.default_threads())
+        self.dist = distributed.setup(_device(config["device"]))
+        self.device, self.main = self.dist.device, self.dist.is_main
+        distributed.local_batch(config["batch_size"], self.dist)  # a clear error when the global batch does not divide
+        ckpt = None
+        if resume is not None:
+            run_dir = Path(resume)
+            ckpt = checkpoint.load(RunFolder(run_dir).last)
+        _seed_everything(config["seed"])
+        self._build()
+        self.state = TrainState()
+        if ckpt is not None:
+            self._resume(ckpt)
+        self.flip_source = FlipSource(self.model, self.bop)
+        self._wrap()
+        self._open_run_folder(run_dir)
+        self._header(resumed=ckpt is not None)
+
+    # ------------------------------------------------------------------------------ set-up
+
+    def _build(self) -> None:
+        """Data sets, model, optimizer, loaders and schedulers (in this order: the seed's draws)."""
+        c, d = self.config, self.dist
+        self.train_set, self.test_set = load_data(c)
+        self.channels_last = c["channels_last"]
+        self.model = build_model(c, len(self.train_set.classes), self.train_set.shape).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer, self.bop = build_optimizer(c, self.model)
+        self.train_loader = Loader(
+            self.train_set, c["batch_size"], train=True, seed=c["seed"], rank=d.rank, world_size=d.world_size
+        )
+        self.test_loader = Loader(
+            self.test_set, max(c["batch_size"], 256), train=False, rank=d.rank, world_size=d.world_size
+        )
+        n = len(self.train_loader)
+        self.steps_per_epoch = n if not c["max_steps"] else min(n, c["max_steps"])
+        self.epochs = c["epochs"]
+        self.schedulers = build_schedulers(
+            c, self.optimizer, self.bop, self.steps_per_epoch, self.steps_per_epoch * self.epochs
+        )
+
+    def _resume(self, ckpt: dict) -> None:
+        """Restore weights, optimizer and schedulers, the position and every RNG from a checkpoint."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        for s, sd in zip(self.schedulers, ckpt["schedulers"]):
+            s.load_state_dict(sd)
+        self.state = TrainState.from_checkpoint(ckpt)
+        checkpoint.set_rng_state(ckpt["rng"])
+
+    def _wrap(self) -> None:
+        """The network that trains: the model, under torchrun in DistributedDataParallel."""
+        net = self.model
+        if self.dist.enabled:
+            if self.config["sync_batchnorm"]:
+                net = distributed.convert_sync_batchnorm(net, self.device)  # torch's on CUDA, gloo's on CPU
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        net.train()
+        self.net = net
+        self.train_step = make_train_step(net, self.optimizer, self.schedulers)
+
+    def _open_run_folder(self, run_dir) -> None:
+        """Rank 0 creates the folder, writes config.toml and opens TensorBoard; every rank learns
+        the folder and whether progress is drawn live."""
+        self.writer = None
+        if self.main:
+            run_dir = Path(run_dir) if run_dir is not None else new_run_dir(self.config["out"], self.recipe)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            RunFolder(run_dir).config.write_text(
+                to_toml(
+                    {
+                        "recipe": {"name": self.recipe, "source": self.source, "onebit": __version__},
+                        "config": self.config,
+                        "distributed": distributed.describe(self.config["batch_size"], self.dist),
+                    }
+                )
+            )
+            _truncate_flips(RunFolder(run_dir).flips, self.state.epoch)
+            self.writer = _tensorboard(run_dir, self.config["tensorboard"])
+        self.run_dir = Path(distributed.broadcast_object(str(run_dir) if self.main else None, self.dist))
+        self.folder = RunFolder(self.run_dir)
+        self.saver = CheckpointSaver(self.folder)
+        # collectives at log points must run on every rank: all ranks follow rank 0's terminal
+        tty = self.verbose and self.main and hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.live_progress = distributed.broadcast_object(bool(tty), self.dist)
+        self.check_every = self.config["check_replicas_every"] if self.dist.enabled else 0
+
+    def _header(self, resumed: bool) -> None:
+        c, d = self.config, self.dist
+        if self.bop is not None:
+            opt = f"Bop gamma={c['gamma']:g} threshold={c['threshold']:g} + {c['real_optimizer']} lr={c['lr']:g}"
+        else:
+            opt = f"latent weights + {c['real_optimizer']} lr={c['lr']:g}"
+        split = f" ({c['batch_size'] // d.world_size} per process x {d.world_size} processes)" if d.enabled else ""
+        self._say(
+            f"onebit {self.recipe}: {c['model']} on {c['dataset']} ({len(self.train_set)} train / "
+            f"{len(self.test_set)} test), {opt}, batch {c['batch_size']}{split}, {self.epochs} epochs, "
+            f"{self.flip_source.numel:,} binary weights"
+        )
+        if resumed:
+            self._say(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, batch {self.state.batch}")
+        else:
+            self._say(f"run folder {self.run_dir}")
+
+    def _say(self, text: str) -> None:
+        if self.verbose and self.main:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    # ------------------------------------------------------------------------------ training
+
+    def run(self) -> dict:
+        """Train the remaining epochs; returns the summary. Ctrl-C saves ``last.pt`` and raises
+        ``Interrupted``."""
+        try:
+            with _StopFlag(self.stream) as self.stop:
+                for epoch in range(self.state.epoch, self.epochs):
+                    self._end_epoch(self._train_epoch(epoch))
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+        return self._finish()
+
+    def _train_epoch(self, epoch: int) -> _Epoch:
+        ep = self._begin_epoch(epoch)
+        for b, (x, y) in enumerate(self.train_loader.batches(ep.start), start=ep.start):
+            if b >= self.steps_per_epoch:
+                break
+            self._step(ep, b, x, y)
+            if self._stopping(b):
+                self._interrupt(ep, b + 1)
+        ep.lap()
+        return ep
+
+    def _begin_epoch(self, epoch: int) -> _Epoch:
+        """Fresh sums, or the saved ones of an epoch interrupted by Ctrl-C."""
+        self.train_loader.set_epoch(epoch)
+        resuming = epoch == self.state.epoch
+        ep = _Epoch(
+            epoch,
+            self.state.batch if resuming else 0,
+            sums=torch.zeros(3, dtype=torch.float64, device=self.device),
+            flips=torch.zeros(self.steps_per_epoch, len(self.flip_source), dtype=torch.int64, device=self.device),
+        )
+        partial = self.state.partial if resuming else None
+        if partial is not None and self.main:  # saved sums are global: rank 0 carries them
+            ep.sums.copy_(partial["sums"])
+            ep.flips.copy_(partial["flips"])
+            ep.seconds = partial["seconds"]
+        ep.progress = Progress(
+            self.steps_per_epoch, f"epoch {epoch + 1}/{self.epochs}", self.stream, enabled=self.verbose and self.main
+        )
+        ep.progress.update(ep.start)
+        ep.t0 = time.perf_counter()
+        return ep
+
+    def _step(self, ep: _Epoch, b: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step on batch ``b``; metrics stay on the device (read at log points)."""
+        x, y = to_device(x, self.device, self.channels_last), y.to(self.device, non_blocking=True)
+        loss, correct = self.train_step(x, y)
+        ep.sums[0] += loss.double() * len(y)
+        ep.sums[1] += correct
+        ep.sums[2] += len(y)
+        if len(self.flip_source):
+            ep.flips[b] = self.flip_source.read()  # Bop's flips: the same on every rank (checked below)
+        self.state.step += 1
+        if self.check_every and self.state.step % self.check_every == 0:
+            distributed.check_replicas(self.flip_source.params, self.flip_source.names, self.dist, self.state.step)
+        if (b + 1) % self.config["log_every"] == 0 and self.live_progress:
+            s = distributed.all_reduce_sum(ep.sums.clone(), self.dist).tolist()
+            ep.progress.update(b + 1, f"loss {s[0] / s[2]:.4f} acc {100 * s[1] / s[2]:.2f}%")
+        else:
+            ep.progress.update(b + 1)
+        if self.on_step is not None:
+            self.on_step(ep.index, b, self.state.step)
+
+    def _stopping(self, b: int) -> bool:
+        """Whether Ctrl-C asks to stop after batch ``b``; every rank stops at the same step
+        (agreed at log points)."""
+        stopping = self.stop.requested
+        if self.dist.enabled:
+            stopping = (b + 1) % self.config["log_every"] == 0 and distributed.any_rank(stopping, self.dist)
+        return stopping
+
+    def _interrupt(self, ep: _Epoch, batch: int) -> None:
+        """Save ``last.pt`` mid-epoch (with the epoch's global sums so far) and raise ``Interrupted``."""
+        ep.lap()
+        total = distributed.all_reduce_sum(ep.sums.clone(), self.dist)
+        partial = {"sums": total.cpu(), "flips": ep.flips.cpu(), "seconds": ep.seconds}
+        if self.main:
+            self.saver.save(self._checkpoint(ep.index, batch, partial))
+        raise Interrupted(self.run_dir, ep.index, batch)
+
+    # ------------------------------------------------------------------------------ epoch end
+
+    def _end_epoch(self, ep: _Epoch) -> None:
+        """Metrics of the epoch, evaluation, then (rank 0) files, checkpoints and the epoch line."""
+        s = distributed.all_reduce_sum(ep.sums.clone(), self.dist).tolist()
+        if self.dist.enabled and self.config["check_replicas_every"]:
+            distributed.check_replicas(self.flip_source.params, self.flip_source.names, self.dist, self.state.step)
+        flips = ep.flips.cpu().numpy()
+        test_loss, test_acc = self._evaluate(ep.index)
+        row = self._metrics_row(ep, s, flips, test_loss, test_acc)
+        st = self.state
+        st.history.append(row)
+        improved = test_acc is not None and (st.best is None or test_acc > st.best)
+        if improved:
+            st.best, st.best_epoch = test_acc, ep.index + 1
+        st.epoch, st.batch, st.partial = ep.index + 1, 0, None
+        if self.main:
+            self._log_epoch(row, flips)
+            self.saver.save(self._checkpoint(st.epoch, 0, None), best=improved)
+        flip_text = f"  log flip ratio {row['log_flip_ratio']:.2f}" if self.flip_source.numel else ""
+        ep.progress.finish(
+            f"loss {row['train_loss']:.4f}  train {_fmt_pct(row['train_accuracy'])}  "
+            f"test {_fmt_pct(row['test_accuracy'])}{flip_text}  {ep.seconds:.1f}s"
+        )
+
+    def _evaluate(self, epoch: int) -> tuple[float | None, float | None]:
+        """(test loss, test accuracy) every ``eval_every`` epochs and after the last, else Nones."""
+        c, d = self.config, self.dist
+        if (epoch + 1) % c["eval_every"] != 0 and epoch + 1 != self.epochs:
+            return None, None
+        if c["bn_reestimate"]:
+            # the same number of examples on every rank (synchronized batch norms need equal batch counts)
+            n = (c["bn_reestimate"] if c["bn_reestimate"] > 0 else len(self.train_set)) // d.world_size
+            plain = Loader(
+                self.train_set, self.test_loader.batch_size, train=False, rank=d.rank, world_size=d.world_size
+            )
+            reestimate_batchnorm(self.model, plain, self.device, n, self.channels_last)
+        # every rank evaluates (and rank 0 saves) the same statistics: averaged over ranks,
+        # or rank 0's when batch norms are synchronized
+        distributed.sync_buffers(self.model, d, average=not c["sync_batchnorm"])
+        t = distributed.all_reduce_sum(
+            evaluate(self.net, self.test_loader, self.device, self.channels_last), d
+        ).tolist()
+        return t[0] / t[2], t[1] / t[2]
+
+    def _metrics_row(self, ep: _Epoch, s: list, flips: np.ndarray, test_loss, test_acc) -> dict:
+        """The epoch's metrics.csv row from the global sums [loss, correct, count] and the flips."""
+        n_binary = self.flip_source.numel
+        mean_ratio = float(flips.sum(1).mean()) / n_binary if n_binary else 0.0
+        optimizers = self.optimizer.optimizers if self.bop is not None else [self.optimizer]
+        lrs = [g["lr"] for o in optimizers if o is not self.bop for g in o.param_groups]
+        return {
+            "epoch": ep.index + 1,
+            "step": self.state.step,
+            "train_loss": round(s[0] / s[2], 6),
+            "train_accuracy": round(s[1] / s[2], 6),
+            "test_loss": None if test_loss is None else round(test_loss, 6),
+            "test_accuracy": None if test_acc is None else round(test_acc, 6),
+            "lr": lrs[0] if lrs else None,
+            "gamma": self.bop.gamma if self.bop is not None else None,
+            "flips": int(flips.sum()),
+            "log_flip_ratio": round(math.log(mean_ratio + LOG_EPS), 6) if n_binary else None,
+            "seconds": round(ep.seconds, 3),
+        }
+
+    def _log_epoch(self, row: dict, flips: np.ndarray) -> None:
+        """metrics.csv (rewritten), flips.csv (appended) and TensorBoard scalars."""
+        n_binary = max(self.flip_source.numel, 1)
+        _write_metrics(self.folder.metrics, self.state.history)
+        first = self.state.step - len(flips)
+        _append_flips(self.folder.flips, self.flip_source.names, first, row["epoch"], flips, n_binary)
+        if self.writer is None:
+            return
+        for key in TENSORBOARD_KEYS:
+            if row[key] is not None:
+                self.writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
+        for i, total in enumerate(flips.sum(1)):
+            self.writer.add_scalar("step/log_flip_ratio", math.log(total / n_binary + LOG_EPS), first + i + 1)
+        self.writer.flush()
+
+    def _checkpoint(self, epoch: int, batch: int, partial) -> dict:
+        """The checkpoint dict (these keys are the file format: old run folders resume)."""
+        st = self.state
+        return {
+            "format": 1,
+            "onebit": __version__,
+            "torch": torch.__version__,
+            "recipe": self.recipe,
+            "source": self.source,
+            "config": self.config,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "epoch": epoch,
+            "batch": batch,
+            "step": st.step,
+            "history": st.history,
+            "best": st.best,
+            "best_epoch": st.best_epoch,
+            "partial": partial,
+            "rng": checkpoint.rng_state(),
+            "wall_seconds": self._wall_seconds(),
+        }
+
+    def _wall_seconds(self) -> float:
+        return self.state.wall_seconds + (time.perf_counter() - self.started)
+
+    # ------------------------------------------------------------------------------ end of run
+
+    def _finish(self) -> dict:
+        """The summary dict; rank 0 writes summary.json and the plots, and prints the summary."""
+        st = self.state
+        final = st.history[-1] if st.history else {}
+        summary = {
+            "recipe": self.recipe,
+            "test_accuracy": final.get("test_accuracy"),
+            "best_test_accuracy": st.best,
+            "best_epoch": st.best_epoch,
+            "train_accuracy": final.get("train_accuracy"),
+            "epochs": st.epoch,
+            "steps": st.step,
+            "wall_seconds": round(self._wall_seconds(), 3),
+            "train_seconds": round(sum(r["seconds"] for r in st.history), 3),
+            "seed": self.config["seed"],
+            "binary_weights": self.flip_source.numel,
+            "run_dir": str(self.run_dir),
+        }
+        if self.main:
+            self.folder.summary.write_text(json.dumps(summary, indent=2) + "\n")
+            if self.config["plots"]:
+                self._plot()
+                summary["wall_seconds"] = round(self._wall_seconds(), 3)
+                self.folder.summary.write_text(json.dumps(summary, indent=2) + "\n")
+            self._say(format_summary(summary))
+        return summary
+
+    def _plot(self) -> None:
+        from .plots import plot_run
+
+        try:
+            plot_run(self.run_dir)
+        except Exception as e:  # a plot must never lose a finished run
+            self._say(f"warning: plots not written ({e})")
 
 
 def train(
@@ -181,242 +567,22 @@ def train(
     config = validate(dict(config))
     mode = config.get("xnor_forward", "auto")  # run folders from before the key: auto
     if mode == "on" and not popcount.available():
-        raise ConfigError("xnor_forward='on' needs numba, which is not installed (pip install 'onebit[jit]'); "
-                          "allowed without it: auto, off")
-    with settings.override(popcount_forward=mode):  # the switch holds for this run (this thread) only
-        return _train(config, recipe=recipe, source=source, run_dir=run_dir, resume=resume, verbose=verbose,
-                      stream=stream, on_step=on_step)
-
-
-def _train(config, *, recipe, source, run_dir, resume, verbose, stream, on_step) -> dict:
-    started = time.perf_counter()
-    stream = stream if stream is not None else sys.stdout
-    torch.set_num_threads(config["threads"] or distributed.default_threads())
-    dist = distributed.setup(_device(config["device"]))
-    device, main = dist.device, dist.is_main
-    distributed.local_batch(config["batch_size"], dist)  # a clear error when the global batch does not divide
-
-    ckpt = None
-    if resume is not None:
-        run_dir = Path(resume)
-        ckpt = checkpoint.load(run_dir / "last.pt")
-    _seed_everything(config["seed"])
-
-    train_set, test_set = load_data(config)
-    cl = config["channels_last"]
-    model = build_model(config, len(train_set.classes), train_set.shape).to(device)
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer, bop = build_optimizer(config, model)
-    train_loader = Loader(train_set, config["batch_size"], train=True, seed=config["seed"], rank=dist.rank, world_size=dist.world_size)
-    test_loader = Loader(test_set, max(config["batch_size"], 256), train=False, rank=dist.rank, world_size=dist.world_size)
-    steps_per_epoch = len(train_loader) if not config["max_steps"] else min(len(train_loader), config["max_steps"])
-    epochs = config["epochs"]
-    schedulers = build_schedulers(config, optimizer, bop, steps_per_epoch, steps_per_epoch * epochs)
-
-    state = dict(epoch=0, batch=0, step=0, history=[], best=None, best_epoch=None, wall_seconds=0.0, partial=None)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for s, sd in zip(schedulers, ckpt["schedulers"]):
-            s.load_state_dict(sd)
-        for key in state:
-            state[key] = ckpt[key]
-        checkpoint.set_rng_state(ckpt["rng"])
-    flip_source = FlipSource(model, bop)
-
-    net = model
-    if dist.enabled:
-        if config["sync_batchnorm"]:
-            net = distributed.convert_sync_batchnorm(net, device)  # torch's on CUDA, gloo's on CPU
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dist.local_rank] if device.type == "cuda" else None)
-    net.train()
-    train_step = make_train_step(net, optimizer, schedulers)
-
-    writer = None
-    if main:
-        run_dir = Path(run_dir) if run_dir is not None else new_run_dir(config["out"], recipe)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(
-            to_toml({
-                "recipe": {"name": recipe, "source": source, "onebit": __version__}, "config": config,
-                "distributed": distributed.describe(config["batch_size"], dist),
-            })
+        raise ConfigError(
+            "xnor_forward='on' needs numba, which is not installed (pip install 'onebit[jit]'); "
+            "allowed without it: auto, off"
         )
-        _truncate_flips(run_dir / "flips.csv", state["epoch"])
-        writer = _tensorboard(run_dir, config["tensorboard"])
-    run_dir = Path(distributed.broadcast_object(str(run_dir) if main else None, dist))
-    # collectives at log points must run on every rank: all ranks follow rank 0's terminal
-    live_progress = distributed.broadcast_object(bool(verbose and main and hasattr(stream, "isatty") and stream.isatty()), dist)
-    check_every = config["check_replicas_every"] if dist.enabled else 0
-
-    def say(text: str) -> None:
-        if verbose and main:
-            stream.write(text + "\n")
-            stream.flush()
-
-    n_binary = flip_source.numel
-    opt_text = (
-        f"Bop gamma={config['gamma']:g} threshold={config['threshold']:g} + {config['real_optimizer']} lr={config['lr']:g}"
-        if bop is not None else f"latent weights + {config['real_optimizer']} lr={config['lr']:g}"
-    )
-    say(
-        f"onebit {recipe}: {config['model']} on {config['dataset']} ({len(train_set)} train / {len(test_set)} test), "
-        f"{opt_text}, batch {config['batch_size']}"
-        + (f" ({config['batch_size'] // dist.world_size} per process x {dist.world_size} processes)" if dist.enabled else "")
-        + f", {epochs} epochs, {n_binary:,} binary weights"
-    )
-    if ckpt is not None:
-        say(f"resuming {run_dir} at epoch {state['epoch'] + 1}, batch {state['batch']}")
-    else:
-        say(f"run folder {run_dir}")
-
-    def make_checkpoint(epoch: int, batch: int, partial) -> dict:
-        return {
-            "format": 1, "onebit": __version__, "torch": torch.__version__, "recipe": recipe, "source": source,
-            "config": config, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedulers": [s.state_dict() for s in schedulers], "epoch": epoch, "batch": batch,
-            "step": state["step"], "history": state["history"], "best": state["best"],
-            "best_epoch": state["best_epoch"], "partial": partial, "rng": checkpoint.rng_state(),
-            "wall_seconds": state["wall_seconds"] + (time.perf_counter() - started),
-        }
-
-    last = None
-    with _StopFlag(stream) as stop:
-        for epoch in range(state["epoch"], epochs):
-            train_loader.set_epoch(epoch)
-            start = state["batch"] if epoch == state["epoch"] else 0
-            sums = torch.zeros(3, dtype=torch.float64, device=device)
-            flips = torch.zeros(steps_per_epoch, len(flip_source), dtype=torch.int64, device=device)
-            seconds = 0.0
-            partial = state["partial"] if epoch == state["epoch"] else None
-            if partial is not None and main:  # saved sums are global: rank 0 carries them
-                sums.copy_(partial["sums"])
-                flips.copy_(partial["flips"])
-                seconds = partial["seconds"]
-            progress = Progress(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", stream, enabled=verbose and main)
-            progress.update(start)
-            t_epoch = time.perf_counter()
-            for b, (x, y) in enumerate(train_loader.batches(start), start=start):
-                if b >= steps_per_epoch:
-                    break
-                x, y = to_device(x, device, cl), y.to(device, non_blocking=True)
-                loss, correct = train_step(x, y)
-                sums[0] += loss.double() * len(y)
-                sums[1] += correct
-                sums[2] += len(y)
-                if len(flip_source):
-                    flips[b] = flip_source.read()  # Bop's flips: the same on every rank (checked below)
-                state["step"] += 1
-                if check_every and state["step"] % check_every == 0:
-                    distributed.check_replicas(flip_source.params, flip_source.names, dist, state["step"])
-                if (b + 1) % config["log_every"] == 0 and live_progress:
-                    s = distributed.all_reduce_sum(sums.clone(), dist).tolist()
-                    progress.update(b + 1, f"loss {s[0] / s[2]:.4f} acc {100 * s[1] / s[2]:.2f}%")
-                else:
-                    progress.update(b + 1)
-                if on_step is not None:
-                    on_step(epoch, b, state["step"])
-                stopping = stop.requested
-                if dist.enabled:  # every rank stops at the same step (agreed at log points)
-                    stopping = (b + 1) % config["log_every"] == 0 and distributed.any_rank(stopping, dist)
-                if stopping:
-                    seconds += time.perf_counter() - t_epoch
-                    total = distributed.all_reduce_sum(sums.clone(), dist)
-                    part = {"sums": total.cpu(), "flips": flips.cpu(), "seconds": seconds}
-                    if main:
-                        checkpoint.save_atomic(make_checkpoint(epoch, b + 1, part), run_dir / "last.pt")
-                    if writer is not None:
-                        writer.close()
-                    raise Interrupted(run_dir, epoch, b + 1)
-            seconds += time.perf_counter() - t_epoch
-
-            s = distributed.all_reduce_sum(sums.clone(), dist).tolist()
-            if dist.enabled and config["check_replicas_every"]:
-                distributed.check_replicas(flip_source.params, flip_source.names, dist, state["step"])
-            flips_host = flips.cpu().numpy()
-            step_totals = flips_host.sum(1)
-            mean_ratio = float(step_totals.mean()) / n_binary if n_binary else 0.0
-            test_loss = test_acc = None
-            if (epoch + 1) % config["eval_every"] == 0 or epoch + 1 == epochs:
-                if config["bn_reestimate"]:
-                    # the same number of examples on every rank (synchronized batch norms need equal batch counts)
-                    n = (config["bn_reestimate"] if config["bn_reestimate"] > 0 else len(train_set)) // dist.world_size
-                    plain = Loader(train_set, test_loader.batch_size, train=False, rank=dist.rank, world_size=dist.world_size)
-                    reestimate_batchnorm(model, plain, device, n, cl)
-                # every rank evaluates (and rank 0 saves) the same statistics: averaged over ranks,
-                # or rank 0's when batch norms are synchronized
-                distributed.sync_buffers(model, dist, average=not config["sync_batchnorm"])
-                t = distributed.all_reduce_sum(evaluate(net, test_loader, device, cl), dist).tolist()
-                test_loss, test_acc = t[0] / t[2], t[1] / t[2]
-            lrs = [g["lr"] for o in (optimizer.optimizers if bop is not None else [optimizer]) if o is not bop for g in o.param_groups]
-            row = {
-                "epoch": epoch + 1, "step": state["step"], "train_loss": round(s[0] / s[2], 6),
-                "train_accuracy": round(s[1] / s[2], 6),
-                "test_loss": None if test_loss is None else round(test_loss, 6),
-                "test_accuracy": None if test_acc is None else round(test_acc, 6),
-                "lr": lrs[0] if lrs else None, "gamma": bop.gamma if bop is not None else None,
-                "flips": int(step_totals.sum()),
-                "log_flip_ratio": round(math.log(mean_ratio + LOG_EPS), 6) if n_binary else None,
-                "seconds": round(seconds, 3),
-            }
-            state["history"].append(row)
-            improved = test_acc is not None and (state["best"] is None or test_acc > state["best"])
-            if improved:
-                state["best"], state["best_epoch"] = test_acc, epoch + 1
-            state["epoch"], state["batch"], state["partial"] = epoch + 1, 0, None
-            if main:
-                _write_metrics(run_dir, state["history"])
-                first = state["step"] - len(flips_host)
-                _append_flips(run_dir / "flips.csv", flip_source.names, first, epoch + 1, flips_host, max(n_binary, 1))
-                if writer is not None:
-                    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "gamma", "log_flip_ratio"):
-                        if row[key] is not None:
-                            writer.add_scalar(f"epoch/{key}", row[key], epoch + 1)
-                    for i, total in enumerate(step_totals):
-                        writer.add_scalar("step/log_flip_ratio", math.log(total / max(n_binary, 1) + LOG_EPS), first + i + 1)
-                    writer.flush()
-                last = make_checkpoint(epoch + 1, 0, None)
-                checkpoint.save_atomic(last, run_dir / "last.pt")
-                if improved:
-                    checkpoint.save_atomic(last, run_dir / "best.pt")
-            flip_text = f"  log flip ratio {row['log_flip_ratio']:.2f}" if n_binary else ""
-            progress.finish(
-                f"loss {row['train_loss']:.4f}  train {_fmt_pct(row['train_accuracy'])}  "
-                f"test {_fmt_pct(row['test_accuracy'])}{flip_text}  {seconds:.1f}s"
-            )
-
-    if writer is not None:
-        writer.close()
-    wall = state["wall_seconds"] + (time.perf_counter() - started)
-    final = state["history"][-1] if state["history"] else {}
-    summary = {
-        "recipe": recipe,
-        "test_accuracy": final.get("test_accuracy"),
-        "best_test_accuracy": state["best"],
-        "best_epoch": state["best_epoch"],
-        "train_accuracy": final.get("train_accuracy"),
-        "epochs": state["epoch"],
-        "steps": state["step"],
-        "wall_seconds": round(wall, 3),
-        "train_seconds": round(sum(r["seconds"] for r in state["history"]), 3),
-        "seed": config["seed"],
-        "binary_weights": n_binary,
-        "run_dir": str(run_dir),
-    }
-    if main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if config["plots"]:
-            from .plots import plot_run
-
-            try:
-                plot_run(run_dir)
-            except Exception as e:  # a plot must never lose a finished run
-                say(f"warning: plots not written ({e})")
-            summary["wall_seconds"] = round(state["wall_seconds"] + (time.perf_counter() - started), 3)
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        say(format_summary(summary))
-    return summary
+    with settings.override(popcount_forward=mode):  # the switch holds for this run (this thread) only
+        trainer = Trainer(
+            config,
+            recipe=recipe,
+            source=source,
+            run_dir=run_dir,
+            resume=resume,
+            verbose=verbose,
+            stream=stream,
+            on_step=on_step,
+        )
+        return trainer.run()
 
 
 def format_summary(summary: dict) -> str:

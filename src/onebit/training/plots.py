@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runs import RunFolder
+
 __all__ = ["read_metrics", "read_flips", "plot_run", "plot_compare"]
 
 
@@ -29,7 +31,7 @@ def _floats(rows: list[dict], key: str) -> np.ndarray:
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
     """Rows of ``metrics.csv`` (strings; empty cells for values not measured)."""
-    path = Path(run_dir) / "metrics.csv"
+    path = RunFolder(run_dir).metrics
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a onebit run folder?")
     with open(path, newline="") as f:
@@ -38,7 +40,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 def read_flips(run_dir: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(steps, log flip ratio per step) from ``flips.csv`` (empty arrays if absent)."""
-    path = Path(run_dir) / "flips.csv"
+    path = RunFolder(run_dir).flips
     if not path.is_file():
         return np.zeros(0), np.zeros(0)
     with open(path, newline="") as f:
@@ -81,7 +83,7 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     ax.plot(epochs, _floats(rows, "train_accuracy"), "o-", label="train")
     test = _floats(rows, "test_accuracy")
     ax.plot(epochs[~np.isnan(test)], test[~np.isnan(test)], "s-", label="test")
-    out.append(_finish(plt, fig, ax, "epoch", "accuracy", _label(run_dir), run_dir / "accuracy.png"))
+    out.append(_finish(plt, fig, ax, "epoch", "accuracy", _label(run_dir), RunFolder(run_dir).accuracy_plot))
 
     steps, ratio = read_flips(run_dir)
     if len(steps):
@@ -90,8 +92,17 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
         window = max(1, len(steps) // 50)
         if window > 1:
             ax.plot(steps[window - 1 :], _smooth(ratio, window), lw=1.5, label=f"mean of {window}")
-        out.append(_finish(plt, fig, ax, "step", "log flip ratio  ln(flips / n + 1e-9)", _label(run_dir),
-                           run_dir / "flips.png"))
+        out.append(
+            _finish(
+                plt,
+                fig,
+                ax,
+                "step",
+                "log flip ratio  ln(flips / n + 1e-9)",
+                _label(run_dir),
+                RunFolder(run_dir).flips_plot,
+            )
+        )
     return out
 
 
@@ -121,7 +132,9 @@ def plot_compare(
             axes[0, col].plot(epochs[keep], test[keep], "o-", ms=3, label=label)
             if len(steps):
                 window = max(1, len(steps) // 50)
-                axes[1, col].plot(steps[window - 1 :] if window > 1 else steps, _smooth(ratio, window), lw=1.2, label=label)
+                axes[1, col].plot(
+                    steps[window - 1 :] if window > 1 else steps, _smooth(ratio, window), lw=1.2, label=label
+                )
     for col, name in enumerate(names):
         axes[0, col].set_title(name)
         axes[0, col].set_xlabel("epoch")

@@ -53,7 +53,9 @@ def evaluate(model: nn.Module, loader, device: torch.device, channels_last: bool
 
 
 @torch.no_grad()
-def reestimate_batchnorm(model: nn.Module, loader, device, max_examples: int = -1, channels_last: bool = False) -> nn.Module:
+def reestimate_batchnorm(
+    model: nn.Module, loader, device, max_examples: int = -1, channels_last: bool = False
+) -> nn.Module:
     """Reset every batch norm's running statistics and re-estimate them as exact averages over
     ``loader`` (the first ``max_examples`` examples when >= 0; train-mode forward passes, no
     gradient, no parameter change); returns ``model`` in the mode it was in."""
