@@ -16,7 +16,7 @@ import torch
 import onebit.training.loop as loop
 from onebit.optim import Bop
 from onebit.recipes import load_recipe
-from onebit.training import RunFolder, load_checkpoint, train
+from onebit.training import RunFolder, distributed, load_checkpoint, train
 from onebit.training.config import apply_overrides
 
 
@@ -59,6 +59,7 @@ def main() -> int:
     torch.save({k: v.cpu() for k, v in captured["model"].state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))
     if rank == 0:
         print("RUN_DIR", summary["run_dir"])
+    distributed.shutdown()
     return 0
 
 

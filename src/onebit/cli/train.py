@@ -8,6 +8,7 @@ import os
 import sys
 
 from .. import training
+from ..training import distributed
 from ..training.runs import COMPARE_PLOT, RunFolder
 from .common import MAIN_RECIPE, Parser, UsageError, command, split_overrides
 from .info import recipe_help
@@ -117,6 +118,7 @@ def cmd_train(argv: list[str], default_recipe: str | None = None) -> int:
             summary = _run_recipe(positional[0] if positional else MAIN_RECIPE, overrides, args.jobs, verbose)
     except training.Interrupted as e:
         return _interrupted(e)
+    distributed.shutdown()  # under torchrun: every rank done before any leaves
     if not verbose:
         print(json.dumps(summary, indent=2) if "runs" in summary else training.format_summary(summary))
     return 0

@@ -31,6 +31,7 @@ from torch import nn
 __all__ = [
     "Dist",
     "setup",
+    "shutdown",
     "local_batch",
     "all_reduce_sum",
     "any_rank",
@@ -96,6 +97,16 @@ def setup(device: torch.device) -> Dist:
 
 def _destroy() -> None:
     if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shutdown() -> None:
+    """After a successful run under torchrun: wait until every rank is done, then leave the
+    process group. Without the wait, a rank that exits while another still finishes its run
+    could abort at exit inside gloo ("terminate called without an active exception").
+    Call it once no more collectives follow (the CLI does); a no-op without a process group."""
+    if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
