@@ -197,3 +197,77 @@ def test_loader_deterministic_resumable_and_sharded():
     # evaluation covers every example once, across ranks
     ev = [Loader(train, 256, train=False, rank=r, world_size=3).indices() for r in range(3)]
     assert sorted(torch.cat(ev).tolist()) == list(range(4000))
+
+
+class EvilBatch:
+    """Unpickling this object creates ``marker``: code run by reading a data file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_malicious_cifar_batch_is_refused_and_runs_nothing(tmp_path):
+    folder = write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": EvilBatch(marker), b"labels": [0]}))
+    with pytest.raises(DataError, match=r"test_batch is not a CIFAR-10 python batch: it refers to \w+\.open") as info:
+        load_cifar10(tmp_path)
+    assert "\n" not in str(info.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [3, 5])
+def test_cifar_batches_of_numpy_1_and_protocol_5_load(tmp_path, protocol):
+    """The real batches name numpy.core.multiarray (numpy 1); protocol 5 pickles use _frombuffer."""
+    folder = write_cifar(tmp_path, n_per_batch=2, n_test=2)
+    raw = pickle.loads((folder / "test_batch").read_bytes())
+    data = pickle.dumps(raw, protocol=protocol)
+    if protocol == 3:
+        data = data.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+        assert b"numpy.core.multiarray\n_reconstruct" in data
+    (folder / "test_batch").write_bytes(data)
+    _, test = load_cifar10(tmp_path)
+    assert torch.equal(test.images.reshape(2, -1), torch.tensor(raw[b"data"]))
+
+
+def test_damaged_images_are_named_before_training(tmp_path):
+    """Every image is decoded once at load time: a damaged one stops the run before it starts,
+    named, instead of crashing training mid-epoch (docs/reliability.md)."""
+    pytest.importorskip("PIL")
+    write_imagefolder(tmp_path, per_class=3)
+    bad = tmp_path / "train" / "dog" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])
+    (tmp_path / "test" / "cat" / "x.png").write_bytes(b"")
+    with pytest.raises(
+        DataError, match=r"2 of 13 images under .* cannot be decoded: .*dog/1\.jpg \(.*cat/x\.png"
+    ) as info:
+        load_imagefolder(tmp_path, image_size=24)
+    assert "\n" not in str(info.value) and "remove or replace them" in str(info.value)
+    # unchecked (reading a finished run's model), a damaged file is named when it is decoded
+    train, _ = load_imagefolder(tmp_path, image_size=24, verify=False)
+    with pytest.raises(DataError, match=r"cannot decode .*dog/1\.jpg"):
+        train.get(torch.arange(len(train)))
+
+
+def test_many_damaged_images_name_three_and_count_the_rest(tmp_path):
+    pytest.importorskip("PIL")
+    write_imagefolder(tmp_path, per_class=3)
+    for f in (tmp_path / "train").rglob("*.png"):
+        f.write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"4 of 12 images .*; and 1 more; remove or replace them$"):
+        load_imagefolder(tmp_path, image_size=24)
+
+
+@pytest.mark.parametrize("bad", [-5, 0, 2.5, True])
+def test_imagefolder_image_size_must_be_positive(tmp_path, bad):
+    with pytest.raises(DataError, match=f"image_size={bad!r} must be a positive int"):
+        load_imagefolder(tmp_path, image_size=bad)
+
+
+def test_labels_must_be_class_indices(tmp_path):
+    write_mnist_idx(tmp_path)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 2, 3, 255]))
+    with pytest.raises(DataError, match=r"test labels in .*: labels must be 0\.\.9, found 0\.\.255"):
+        load_mnist_idx(tmp_path)

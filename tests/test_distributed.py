@@ -173,6 +173,26 @@ def test_two_nodes_then_resume_on_one(two_rank_run, tmp_path):
     assert rows(first / "flips.csv") == rows(straight / "flips.csv")
 
 
+def test_timed_mid_epoch_checkpoint_resumes_bit_identically(two_rank_run, tmp_path):
+    """checkpoint_every as a time: rank 0's clock decides at log points (every 2 steps here) and
+    every rank follows. Rank 1 fails at step 4, after the checkpoint at step 2; the resumed run
+    ends as the straight one, bit for bit."""
+    straight = two_rank_run[1]
+    args = [WORKER, str(tmp_path), "fail", f"out={tmp_path}", "sync_batchnorm=true", "epochs=2"]
+    proc = torchrun(args + TINY + ["checkpoint_every=0.00001m"])
+    assert proc.returncode != 0 and "injected failure on rank 1" in proc.stdout + proc.stderr
+    (run_dir,) = list((tmp_path / "mnist-bop").iterdir())
+    ckpt = load(run_dir / "last.pt")
+    assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (0, 2, 2)
+    ok(torchrun(["-m", "onebit", "train", "--resume", str(run_dir)]))
+    a, b = load(straight / "last.pt"), load(run_dir / "last.pt")
+    assert a["step"] == b["step"] == 8
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [r["train_loss"] for r in a["history"]] == [r["train_loss"] for r in b["history"]]
+    assert rows(run_dir / "flips.csv") == rows(straight / "flips.csv")
+
+
 def test_failing_rank_fails_the_job(tmp_path):
     started = time.perf_counter()
     proc = torchrun([WORKER, str(tmp_path), "fail", f"out={tmp_path}", "epochs=1"] + TINY)

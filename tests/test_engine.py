@@ -11,11 +11,14 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import onebit
 from onebit import QuantConv2d, QuantLinear
 from onebit.engine import EngineError, export, load
+from onebit.kernels import out_size
 from onebit.kernels import reference as kernels_numpy
 from onebit.kernels.bits import pack_sign, popcount, unpack_sign
 
@@ -212,6 +215,62 @@ def test_binary_dense_after_flatten_is_exact(tmp_path, backend):
     randomize_bn(model, negative=True)
     out, ref, _ = roundtrip(model, (4, 3, 7, 5), tmp_path, backend)
     assert np.array_equal(out, ref)
+
+
+binary_conv_cases = st.fixed_dictionaries(
+    dict(
+        c=st.integers(1, 130),
+        o=st.integers(1, 70),
+        k=st.integers(1, 4),
+        stride=st.integers(1, 3),
+        dilation=st.integers(1, 2),
+        padding=st.sampled_from([0, 1, 2, "same"]),
+        pad_values=st.sampled_from([0.0, 1.0]),
+        bias=st.booleans(),
+        hw=st.tuples(st.integers(1, 8), st.integers(1, 8)),
+        seed=st.integers(0, 2**31 - 1),
+    )
+)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=12, deadline=None)
+@given(case=binary_conv_cases)
+def test_lone_binary_conv_is_exact_on_random_shapes(tmp_path_factory, backend, case):
+    """Exported binary conv (any channel count, stride, dilation, padding, pad value, bias): its
+    output is torch's integer dots (+ bias, one float rounding), inputs with exact zeros included."""
+    c, o, k, stride, dilation, padding = (case[key] for key in ("c", "o", "k", "stride", "dilation", "padding"))
+    if padding != "same":
+        assume(all(out_size(s, k, stride, dilation, padding, padding) > 0 for s in case["hw"]))
+    torch.manual_seed(case["seed"])
+    conv = QuantConv2d(
+        c,
+        o,
+        k,
+        stride,
+        padding=padding,
+        dilation=dilation,
+        bias=case["bias"],
+        pad_values=case["pad_values"],
+        input_quantizer="ste_sign",
+        kernel_quantizer="ste_sign",
+    )
+    nn.init.normal_(conv.weight)
+    x = torch.randn((2, c) + case["hw"])
+    x[torch.rand(x.shape) < 0.1] = 0.0
+    model = nn.Sequential(conv)
+    out, ref, _ = roundtrip(model, tuple(x.shape), tmp_path_factory.mktemp("conv"), backend, x=x)
+    assert out.shape == ref.shape
+    if conv.bias is None:
+        assert np.array_equal(out, ref)
+        return
+    # torch's conv adds the bias into its float sum (its rounding depends on the order); the engine
+    # adds it to the exact integer dot: one rounding. Both within an ulp or two.
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-5)
+    bias, conv.bias = conv.bias.detach(), None
+    with torch.no_grad():
+        dots = model(x)
+    assert np.array_equal(out, (dots + bias[:, None, None]).numpy())
 
 
 # ----------------------------------------------------------------------------- the zoo, end to end

@@ -1,13 +1,19 @@
 """Bop and Bop2ndOrder: the update rule on hand cases, its state, schedules and code paths."""
 
 import copy
+import math
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from torch import nn
 
 import onebit as ob
 from onebit.optim import Bop, Bop2ndOrder
+from onebit.optim.bop import bop as bop_fn
 
 PATHS = [dict(foreach=False), dict(foreach=True), dict(fused=True)]
 PATH_IDS = ["single", "foreach", "fused"]
@@ -311,3 +317,120 @@ def test_fused_path_on_channels_last_weights_matches_eager():
         assert w.is_contiguous(memory_format=torch.channels_last)
         results.append((w.detach().clone(), opt.state[w]["exp_avg"].clone()))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+# ------------------------------------------------------------------ properties on random problems
+
+small_shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5)
+weights32 = st.one_of(st.sampled_from([-1.0, 1.0, 0.0, -0.0]), st.floats(-2, 2, width=32))
+grads32 = st.one_of(st.sampled_from([0.0, -0.0, 0.125, -0.125, 1e-3]), st.floats(-1, 1, width=32))
+gammas = st.one_of(st.sampled_from([1.0, 0.5, 0.3, 1e-3]), st.floats(1e-6, 1.0))
+thresholds = st.one_of(st.sampled_from([0.0, 1e-8, 1e-3, 0.125]), st.floats(0.0, 0.5))
+
+
+def bits(t):
+    """The float32 values' bit patterns (so -0.0 and 0.0 differ), any strides."""
+    return t.detach().view(torch.int32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data(), small_shapes, gammas, thresholds, st.booleans(), st.sampled_from(["single", "foreach"]))
+def test_functional_bop_is_the_float32_rule(data, shape, gamma, threshold, maximize, path):
+    """m' = m + gamma (g - m) in three float32 roundings; w' = -sign(w) exactly where w m' > tau,
+    else sign(w) (sign(0) = +1): a numpy float32 reference."""
+    w0 = data.draw(hnp.arrays(np.float32, shape, elements=weights32))
+    g = data.draw(hnp.arrays(np.float32, shape, elements=grads32))
+    m0 = data.draw(hnp.arrays(np.float32, shape, elements=grads32))
+    g_eff = -g if maximize else g
+    m_want = m0 + np.float32(gamma) * (g_eff - m0)
+    flip = w0 * m_want > np.float32(threshold)
+    s = np.where(w0 >= 0, np.float32(1), np.float32(-1))
+    w_want = np.where(flip, -s, s)
+    w, m = torch.tensor(w0), torch.tensor(m0)
+    flips = bop_fn(
+        [w], [torch.tensor(g)], [m], gamma=gamma, threshold=threshold, maximize=maximize, foreach=path == "foreach"
+    )
+    assert np.array_equal(m.numpy().view(np.int32), m_want.view(np.int32))
+    assert np.array_equal(w.numpy().view(np.int32), w_want.view(np.int32))  # exactly +/-1, never -0.0
+    assert flips[0].dtype == torch.int64 and flips[0].item() == int(flip.sum())
+
+
+FORMATS = ["contiguous", "channels_last", "transposed"]
+
+
+def in_format(t, fmt):
+    """``t`` stored contiguous, channels_last (4-D) or with its last two dims transposed (>= 2-D)."""
+    if fmt == "channels_last" and t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    if fmt == "transposed" and t.dim() >= 2:
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return t.contiguous()
+
+
+def random_values(gen, shape, coarse, scale):
+    """Normal values, or (``coarse``) a few multiples of 1/8 with signed zeros, so ties happen."""
+    if not coarse:
+        return torch.randn(shape, generator=gen) * scale
+    v = torch.randint(0, 5, shape, generator=gen) / 8 * scale
+    return v * torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
+
+
+problems = st.fixed_dictionaries(
+    dict(
+        shapes=st.lists(small_shapes.map(lambda s: s if math.prod(s) >= 2 else (2,) + s[1:]), min_size=1, max_size=3),
+        w_formats=st.lists(st.sampled_from(FORMATS), min_size=3, max_size=3),
+        g_formats=st.lists(st.sampled_from(FORMATS), min_size=3, max_size=3),
+        gamma=st.sampled_from([1.0, 0.5, 0.25, 0.3, 1e-2]),
+        threshold=st.sampled_from([0.0, 1e-8, 1e-3, 0.125]),
+        maximize=st.booleans(),
+        coarse=st.booleans(),
+        steps=st.integers(1, 3),
+        seed=st.integers(0, 2**32 - 1),
+    )
+)
+
+
+def run_problem(problem, path):
+    gen = torch.Generator().manual_seed(problem["seed"])
+    shapes, coarse = problem["shapes"], problem["coarse"]
+    params = [
+        nn.Parameter(in_format(random_values(gen, s, coarse, 2.0), f)) for s, f in zip(shapes, problem["w_formats"])
+    ]
+    strides = [p.stride() for p in params]
+    opt = Bop(params, gamma=problem["gamma"], threshold=problem["threshold"], maximize=problem["maximize"], **path)
+    flips = []
+    for _ in range(problem["steps"]):
+        for p, s, f in zip(params, shapes, problem["g_formats"]):
+            p.grad = in_format(random_values(gen, s, coarse, 0.5), f)
+        before = [p.detach().clone() for p in params]
+        opt.step()
+        flips.append([opt.state[p]["flips"].item() for p in params])
+        assert opt.last_flips.item() == sum(flips[-1])
+        for b, p in zip(before, params):
+            assert set(p.detach().unique().tolist()) <= {-1.0, 1.0}
+            assert not torch.signbit(p.detach()).logical_and(p.detach() == 0).any()
+            changed = torch.where(b >= 0, 1.0, -1.0) != p.detach()
+            assert opt.state[p]["flips"].item() == int(changed.sum())
+    assert [p.stride() for p in params] == strides  # memory formats kept
+    return params, [opt.state[p]["exp_avg"] for p in params], flips
+
+
+def assert_same_runs(a, b):
+    (pa, ma, fa), (pb, mb, fb) = a, b
+    assert fa == fb
+    for x, y in zip(pa + ma, pb + mb):
+        assert torch.equal(bits(x), bits(y))
+
+
+@settings(max_examples=50, deadline=None)
+@given(problems)
+def test_single_and_foreach_paths_agree_bit_for_bit_on_random_problems(problem):
+    assert_same_runs(run_problem(problem, dict(foreach=False)), run_problem(problem, dict(foreach=True)))
+
+
+@settings(max_examples=8, deadline=None)
+@given(problems)
+def test_fused_path_agrees_bit_for_bit_on_random_problems(problem):
+    """One compile (dynamic shapes: the update runs on flat views), then cheap examples; layouts
+    that differ between a weight and its gradient take the eager fallback."""
+    assert_same_runs(run_problem(problem, dict(foreach=False)), run_problem(problem, dict(fused=True)))

@@ -2,8 +2,12 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from onebit import quantizers as q
 
@@ -204,3 +208,118 @@ def test_quantizers_repr_shows_arguments():
     assert "clip_value=0.5" in repr(q.SteSign(0.5))
     assert "k_bit=4" in repr(q.DoReFa(4))
     assert math.isclose(q.SwishSign(beta=2.0).beta, 2.0)
+
+
+# ------------------------------------------------------------------ properties on random tensors
+
+SPECIAL = [0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 1e-30, -1e-30, 0.05, -0.05]
+shapes = hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=5)
+values = st.one_of(st.floats(-6, 6, width=32), st.sampled_from(SPECIAL))
+
+
+def tensors(shape_strategy=shapes, elements=values):
+    return hnp.arrays(np.float32, shape_strategy, elements=elements).map(torch.from_numpy)
+
+
+def value_and_grad_with(quantizer, x, upstream):
+    x = x.clone().requires_grad_(True)
+    y = quantizer(x)
+    y.backward(upstream)
+    return y.detach(), x.grad
+
+
+def swish_grad_ref(x, beta):
+    bx = beta * x.double()
+    return (beta * (2 - bx * torch.tanh(bx / 2)) / (1 + torch.cosh(bx))).float()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    tensors(),
+    st.sampled_from(["ste", "approx", "swish"]),
+    st.sampled_from([None, 0.25, 1.0, 1.5]),
+    st.sampled_from([1.0, 5.0, 10.0]),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_sign_quantizers_on_random_tensors(x, kind, clip, beta, dtype):
+    """+/-1 with sign(0) = sign(-0.0) = +1, in the input's dtype, and the pseudo-gradient formula."""
+    x = x.to(dtype)
+    quantizer = {"ste": q.SteSign(clip), "approx": q.ApproxSign(), "swish": q.SwishSign(beta)}[kind]
+    upstream = torch.linspace(-2, 3, x.numel(), dtype=dtype).reshape(x.shape)
+    y, g = value_and_grad_with(quantizer, x, upstream)
+    assert y.dtype == dtype and torch.equal(y, sign_ref(x).to(dtype))
+    with torch.no_grad():
+        assert torch.equal(quantizer(x), y)
+    a = x.abs()
+    if kind == "ste":
+        assert torch.equal(g, upstream if clip is None else upstream * (a <= clip))
+    elif kind == "approx":
+        assert torch.equal(g, upstream * torch.where(a <= 1, 2 - 2 * a, 0.0).to(dtype))
+    else:
+        torch.testing.assert_close(g, upstream * swish_grad_ref(x, beta).to(dtype), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(tensors(), st.sampled_from([None, 0.5, 1.0]))
+def test_ste_heaviside_on_random_tensors(x, clip):
+    y, g = value_and_grad_with(q.SteHeaviside(clip), x, torch.ones_like(x))
+    assert set(y.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(y, (x > 0).float())  # 0 and -0.0 give 0
+    assert torch.equal(g, torch.ones_like(x) if clip is None else (x.abs() <= clip).float())
+
+
+@settings(max_examples=40, deadline=None)
+@given(tensors(), st.sampled_from([0.05, 0.3, 1.0]), st.booleans(), st.sampled_from([None, 1.0]))
+def test_ste_tern_on_random_tensors(x, threshold, twn, clip):
+    quantizer = q.SteTern(threshold_value=threshold, ternary_weight_networks=twn, clip_value=clip)
+    y, g = value_and_grad_with(quantizer, x, torch.ones_like(x))
+    assert set(y.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    t = 0.7 * x.abs().mean() if twn else torch.tensor(threshold)
+    if t > 0:
+        assert torch.equal(y, torch.where(x >= t, 1.0, torch.where(x <= -t, -1.0, 0.0)))
+    else:  # TWN on an all-zero tensor: everything is 0
+        assert torch.equal(y, torch.zeros_like(x))
+    assert torch.equal(g, torch.ones_like(x) if clip is None else (x.abs() <= clip).float())
+
+
+@settings(max_examples=40, deadline=None)
+@given(tensors(elements=st.one_of(values, st.floats(-0.5, 1.5, width=32))), st.integers(1, 8))
+def test_dorefa_activations_on_the_k_bit_grid(x, k_bit):
+    n = 2**k_bit - 1
+    y, g = value_and_grad_with(q.DoReFa(k_bit), x, torch.ones_like(x))
+    assert y.min() >= 0 and y.max() <= 1
+    assert torch.equal(torch.round(y * n) / n, y)  # on the grid {i / n}
+    assert ((y - x.clamp(0, 1)).abs() <= 0.5 / n + 1e-6).all()  # the nearest grid point
+    assert torch.equal(g, ((x >= 0) & (x <= 1)).float())
+
+
+@settings(max_examples=40, deadline=None)
+@given(tensors(), st.integers(1, 8))
+def test_dorefa_weights_on_the_k_bit_grid(x, k_bit):
+    n = 2**k_bit - 1
+    y, g = value_and_grad_with(q.DoReFa(k_bit, mode="weights"), x, torch.ones_like(x))
+    assert y.min() >= -1 and y.max() <= 1
+    levels = (y + 1) * n / 2  # on the grid {2 i / n - 1}
+    torch.testing.assert_close(levels, torch.round(levels), rtol=0, atol=1e-4)
+    assert torch.isfinite(g).all()
+    peak = torch.tanh(x.double()).abs().max()
+    if peak > 0:
+        want = (1 / torch.cosh(x.double()) ** 2 / peak).float()
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)
+    else:  # all zero: Larq's divide_no_nan passes no gradient
+        assert torch.equal(g, torch.zeros_like(x))
+
+
+@settings(max_examples=40, deadline=None)
+@given(tensors(), st.sampled_from([None, 0.5, 1.0]))
+def test_magnitude_aware_sign_is_plus_minus_alpha_per_output_channel(x, clip):
+    y, g = value_and_grad_with(q.MagnitudeAwareSign(clip), x, torch.ones_like(x))
+    alpha = x.abs().reshape(x.shape[0], -1).mean(1)
+    rows, signs = y.reshape(x.shape[0], -1), sign_ref(x).reshape(x.shape[0], -1)
+    for row, s, a in zip(rows, signs, alpha):
+        a_row = row.abs().max()
+        torch.testing.assert_close(a_row, a, rtol=1e-5, atol=0)
+        assert torch.equal(row, a_row * s)  # +alpha where x >= 0 (0 and -0.0 too), else -alpha
+    scale = y.abs().reshape(x.shape[0], -1).amax(1).reshape((-1,) + (1,) * (x.dim() - 1))
+    mask = torch.ones_like(x) if clip is None else (x.abs() <= clip).float()
+    assert torch.equal(g, scale.expand_as(x) * mask)

@@ -59,6 +59,7 @@ def test_run_folder_contents(tmp_path):
         "flips.csv",
         "last.pt",
         "best.pt",
+        "model.safetensors",
         "summary.json",
         "accuracy.png",
         "flips.png",
@@ -182,7 +183,7 @@ def test_atomic_save_leaves_no_temp(tmp_path):
     save_atomic({"a": torch.ones(2)}, tmp_path / "x.pt")
     save_atomic({"a": torch.zeros(2)}, tmp_path / "x.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
-    assert torch.equal(load(tmp_path / "x.pt")["a"], torch.zeros(2))
+    assert torch.equal(load(tmp_path / "x.pt", keys=())["a"], torch.zeros(2))
 
 
 @pytest.mark.parametrize(
@@ -286,6 +287,7 @@ def test_run_folder_names_the_files(tmp_path):
         "flips": "flips.csv",
         "last": "last.pt",
         "best": "best.pt",
+        "weights": "model.safetensors",
         "summary": "summary.json",
         "accuracy_plot": "accuracy.png",
         "flips_plot": "flips.png",
@@ -309,12 +311,15 @@ def test_checkpoint_keys_are_the_file_format(tmp_path):
 
 def test_checkpoint_saver_writes_last_and_best(tmp_path):
     saver = CheckpointSaver(tmp_path)
-    saver.save({"epoch": 1})
+    saver.save({"epoch": 1, "model": {"w": torch.ones(2)}})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
-    saver.save({"epoch": 2}, best=True)
-    saver.save({"epoch": 3})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
-    assert load(tmp_path / "best.pt")["epoch"] == 2 and load(tmp_path / "last.pt")["epoch"] == 3
+    saver.save({"epoch": 2, "model": {"w": torch.full((2,), 2.0)}}, best=True)
+    saver.save({"epoch": 3, "model": {"w": torch.full((2,), 3.0)}})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt", "model.safetensors"]
+    assert load(tmp_path / "best.pt", keys=())["epoch"] == 2 and load(tmp_path / "last.pt", keys=())["epoch"] == 3
+    from safetensors.torch import load_file  # best.pt's weights
+
+    assert load_file(tmp_path / "model.safetensors")["w"].tolist() == [2.0, 2.0]
 
 
 def test_load_run_rebuilds_the_trained_model(tmp_path):

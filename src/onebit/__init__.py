@@ -1,9 +1,10 @@
 """onebit: binarized neural networks in PyTorch, trained with Bop.
 
-Public API (re-exports only): quantizers, quantized layers, constraints, optimizers, metrics,
-the model zoo and summary, the bit-packed engine, ``settings`` (every process-wide switch) and
-``xnor`` (the popcount-forward switch under its short name). Without torch installed only ``onebit.engine`` (the numpy runtime
-of exported files) is available.
+Public API (re-exports, plus ``load_run``): quantizers, quantized layers, constraints, optimizers,
+metrics, the model zoo and summary, the bit-packed engine, ``settings`` (every process-wide
+switch), ``xnor`` (the popcount-forward switch under its short name) and ``load_run`` (a trained
+run's model; it imports the training code when called). Without torch installed only
+``onebit.engine`` (the numpy runtime of exported files) is available.
 """
 
 try:
@@ -35,6 +36,18 @@ else:
 
 __version__ = "0.1.0"
 
+
+def load_run(run_dir, which: str = "best"):
+    """(model in eval mode, config dict) of a training run folder: the model rebuilt from its
+    ``config.toml`` with the weights of ``best.pt`` (falling back to ``last.pt``; ``which="last"``
+    for ``last.pt``). The checkpoint is read safely: a damaged or foreign file raises a one-line
+    ``onebit.training.CheckpointError`` and runs nothing. Imports ``onebit.training``
+    on first use only (``import onebit`` stays light)."""
+    from .training.runs import load_run as _load_run
+
+    return _load_run(run_dir, which)
+
+
 __all__ = [
     "QuantConv1d",
     "QuantConv2d",
@@ -51,6 +64,7 @@ __all__ = [
     "engine",
     "export_onnx",
     "list_models",
+    "load_run",
     "models",
     "metrics",
     "optim",

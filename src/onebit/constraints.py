@@ -15,20 +15,23 @@ them by hand, e.g. after loading latent weights from elsewhere.
 
 from __future__ import annotations
 
+import math
+import numbers
 import weakref
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-__all__ = ["WeightClip", "enforce", "get"]
+__all__ = ["WeightClip", "enforce", "get", "names"]
 
 
 class WeightClip:
     """Clamp weights to [-clip_value, clip_value] in place (Larq's ``weight_clip``)."""
 
     def __init__(self, clip_value: float = 1.0):
-        if clip_value <= 0:
-            raise ValueError(f"WeightClip clip_value={clip_value!r} must be > 0")
+        ok = isinstance(clip_value, numbers.Real) and not isinstance(clip_value, bool) and math.isfinite(clip_value)
+        if not ok or clip_value <= 0:
+            raise ValueError(f"WeightClip clip_value={clip_value!r} must be > 0 (a finite number)")
         self.clip_value = float(clip_value)
 
     @torch.no_grad()
@@ -40,6 +43,11 @@ class WeightClip:
 
 
 _REGISTRY = {"weight_clip": WeightClip}
+
+
+def names() -> list[str]:
+    """The registered constraint names, sorted."""
+    return sorted(_REGISTRY)
 
 
 def get(identifier):

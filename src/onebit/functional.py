@@ -56,9 +56,14 @@ def use_torch_threads() -> None:
     """Run numba kernels on torch's thread count, so both use the same cores."""
     import numba
 
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    threads = torch.get_num_threads()
+    n = max(1, min(threads, numba.config.NUMBA_NUM_THREADS))
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)
+    if torch.get_num_threads() != threads:
+        # starting numba's OpenMP pool resets the process's OpenMP thread count, which torch shares:
+        # keep torch's (a run's ``threads``; its results depend on it)
+        torch.set_num_threads(threads)
 
 
 def sign_and_mask(x: torch.Tensor, clip: float):

@@ -360,11 +360,15 @@ def summary(
     ``create_model`` model, else the class name). The model runs once in eval mode under ``torch.no_grad()``
     and its training mode is restored afterwards.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"summary(model): expected a torch.nn.Module, got {type(model).__name__}")
+    if input_data is not None and not isinstance(input_data, torch.Tensor):
+        raise TypeError(f"input_data={input_data!r} must be a torch.Tensor (or pass input_size)")
     if input_data is None:
         if input_size is None:
             raise ValueError("summary() needs input_size (e.g. (1, 3, 32, 32)) or input_data")
-        size = tuple(input_size)
-        if len(size) < 2 or not all(isinstance(d, int) and d > 0 for d in size):
+        size = tuple(input_size) if isinstance(input_size, (tuple, list, torch.Size)) else ()
+        if len(size) < 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size):
             raise ValueError(
                 f"input_size={input_size!r} must be a tuple of positive ints with the batch "
                 "dimension first, e.g. (1, 3, 32, 32)"
@@ -387,6 +391,14 @@ def summary(
         model.eval()
         with torch.no_grad():
             model(input_data)
+    except (RuntimeError, ValueError, IndexError, TypeError) as e:  # torch's shape / dtype errors
+        what = (
+            f"input_size={input_size!r}" if input_size is not None else f"input_data of shape {tuple(input_data.shape)}"
+        )
+        reason = next((t.strip() for t in str(e).splitlines() if t.strip()), type(e).__name__)
+        raise ValueError(
+            f"{what}: the model does not run on it ({reason}); give the size it takes, batch first"
+        ) from None
     finally:
         model.train(was_training)
         for h in handles:

@@ -13,6 +13,8 @@ counts) and ``is_sign`` (its output is exactly sign(x), +/-1: what XOR + popcoun
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 
 import torch
@@ -33,11 +35,24 @@ __all__ = [
     "sign",
     "ste_sign",
     "get",
+    "names",
     "set_precision",
     "precision_of",
     "is_binary",
     "is_sign",
 ]
+
+
+def _number(owner: str, name: str, value, *, low: float = 0.0, none: bool = False, zero: bool = False):
+    """``value`` if it is a finite real number above ``low`` (or equal, with ``zero``; or None, with
+    ``none``), else ValueError naming the argument and what is allowed."""
+    if value is None and none:
+        return value
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (value == low and not zero):
+        allowed = f"a finite number {'>=' if zero else '>'} {low:g}" + (" or None" if none else "")
+        raise ValueError(f"{owner} {name}={value!r} must be {allowed}")
+    return value
 
 
 class Quantizer(nn.Module):
@@ -62,7 +77,7 @@ class SteSign(Quantizer):
 
     def __init__(self, clip_value: float | None = 1.0):
         super().__init__()
-        self.clip_value = clip_value
+        self.clip_value = _number("SteSign", "clip_value", clip_value, none=True)
 
     def forward(self, x):
         return ste_sign(x, self.clip_value)
@@ -95,7 +110,7 @@ class SwishSign(Quantizer):
 
     def __init__(self, beta: float = 5.0):
         super().__init__()
-        self.beta = beta
+        self.beta = _number("SwishSign", "beta", beta)
 
     def _derivative(self, x):
         b = self.beta
@@ -120,7 +135,7 @@ class MagnitudeAwareSign(Quantizer):
 
     def __init__(self, clip_value: float | None = 1.0):
         super().__init__()
-        self.clip_value = clip_value
+        self.clip_value = _number("MagnitudeAwareSign", "clip_value", clip_value, none=True)
 
     def forward(self, x):
         dims = tuple(range(1, x.dim()))
@@ -139,7 +154,7 @@ class SteHeaviside(Quantizer):
 
     def __init__(self, clip_value: float | None = 1.0):
         super().__init__()
-        self.clip_value = clip_value
+        self.clip_value = _number("SteHeaviside", "clip_value", clip_value, none=True)
 
     def forward(self, x):
         return ste_heaviside(x, self.clip_value)
@@ -163,9 +178,9 @@ class SteTern(Quantizer):
         clip_value: float | None = 1.0,
     ):
         super().__init__()
-        self.threshold_value = threshold_value
-        self.ternary_weight_networks = ternary_weight_networks
-        self.clip_value = clip_value
+        self.threshold_value = _number("SteTern", "threshold_value", threshold_value, zero=True)
+        self.ternary_weight_networks = bool(ternary_weight_networks)
+        self.clip_value = _number("SteTern", "clip_value", clip_value, none=True)
 
     def forward(self, x):
         if self.ternary_weight_networks:
@@ -180,7 +195,8 @@ class DoReFa(Quantizer):
 
     n = 2^k - 1. mode="activations": q = round(n * clip(x, 0, 1)) / n, gradient 1 on [0, 1], else 0.
     mode="weights": t = tanh(x); x' = t / (2 max|t|) + 0.5 (max not differentiated, 0/0 -> 0);
-    q = 2 round(n x') / n - 1, gradient sech^2(x) / max|t|. round() is half-to-even, as Larq.
+    q = 2 round(n x') / n - 1, gradient sech^2(x) / max|t| (0 for an all-zero x, as Larq's
+    divide_no_nan; not NaN). round() is half-to-even, as Larq.
     """
 
     _repr_args = ("k_bit", "mode")
@@ -190,6 +206,8 @@ class DoReFa(Quantizer):
         super().__init__()
         if mode not in self.modes:
             raise ValueError(f"DoReFa mode={mode!r} is not supported; use one of {self.modes}")
+        if not isinstance(k_bit, numbers.Integral) or isinstance(k_bit, bool) or not 1 <= k_bit <= 32:
+            raise ValueError(f"DoReFa k_bit={k_bit!r} must be an int in [1, 32]")
         self.k_bit = int(k_bit)
         self.precision = self.k_bit
         self.mode = mode
@@ -201,7 +219,9 @@ class DoReFa(Quantizer):
         if self.mode == "weights":
             t = torch.tanh(x)
             peak = t.detach().abs().max()
-            scaled = torch.where(peak > 0, t / (2 * peak), torch.zeros_like(t)) + 0.5
+            # divide_no_nan: 0/0 -> 0 with gradient 0 (dividing by 2 * peak = 0 would make it NaN)
+            safe = torch.where(peak > 0, 2 * peak, torch.ones_like(peak))
+            scaled = torch.where(peak > 0, t / safe, torch.zeros_like(t)) + 0.5
             return 2 * round_identity(scaled, n) - 1
         raise ValueError(f"DoReFa mode={self.mode!r} is not supported; use one of {self.modes}")
 
@@ -237,6 +257,11 @@ _REGISTRY: dict[str, type[Quantizer]] = {
 }
 _ALIASES = {"dorefa_quantizer": "dorefa", "none": None}
 _ALIASES.update({cls.__name__: name for name, cls in _REGISTRY.items()})
+
+
+def names() -> list[str]:
+    """The registered quantizer names, sorted (``get`` also takes "none" and the class names)."""
+    return sorted(_REGISTRY)
 
 
 def get(identifier) -> Callable | None:

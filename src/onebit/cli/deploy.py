@@ -14,24 +14,22 @@ import time
 
 import numpy as np
 
-from .common import Parser, UsageError, command, parse_input_size
+from .common import Parser, UsageError, command, parse_input_size, zoo_model
 
 __all__ = ["cmd_bench_engine", "cmd_export"]
 
 
 def _zoo_model(name: str, input_size: str | None):
     """(zoo model with random weights in eval mode, input size (1, C, H, W) or (1, F))."""
-    from ..models import create_model, list_models, model_info
+    from ..models import list_models
 
     if name not in list_models():
         raise UsageError(f"{name!r} is neither a run folder nor a zoo model ({', '.join(list_models())})")
     if input_size is None:
         raise UsageError("a zoo model name needs --input-size C,H,W")
-    size = (1,) + parse_input_size(input_size, flat=True)
-    info, kwargs = model_info(name), {}
-    if len(size) == 4:
-        kwargs = {k: v for k, v in (("in_channels", size[1]), ("image_size", size[2])) if info.accepts(k)}
-    return create_model(name, **kwargs).eval(), size
+    dims = parse_input_size(input_size, flat=True)
+    model, _ = zoo_model(name, dims if len(dims) == 3 else None)
+    return model.eval(), (1,) + dims
 
 
 def _model_and_size(target: str, which: str, input_size: str | None):
@@ -127,6 +125,9 @@ def cmd_bench_engine(argv: list[str]) -> int:
     p.add_argument("--backend", default="auto", choices=["auto", "numba", "numpy"])
     p.add_argument("--input-size", help="C,H,W for a zoo model name (default 3,32,32)")
     a = p.parse_args(argv)
+    for option, values in (("--batch", a.batch), ("--threads", [a.threads]), ("--repeats", [a.repeats])):
+        if min(values) < 1:
+            raise UsageError(f"{option} {min(values)}: must be >= 1")
     from ..engine import export, load
 
     model = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .common import Parser, UsageError, command, parse_input_size
+from .common import Parser, UsageError, command, does_not_run, parse_input_size, zoo_model
 
 __all__ = ["cmd_list", "cmd_summary", "recipe_help"]
 
@@ -64,8 +64,8 @@ def _recipe_input(config: dict) -> tuple[int, int, int]:
 
 def _summary_model(name: str, shape, num_classes):
     """(model, input size) of a recipe or a zoo model name; the input size defaults to the
-    recipe's data set or the model's own."""
-    from ..models import create_model, list_models, model_info
+    recipe's data set or the model's own, and the model is built for the size asked."""
+    from ..models import list_models
     from ..recipes import list_recipes, load_recipe
     from ..training.build import build_model
 
@@ -75,8 +75,7 @@ def _summary_model(name: str, shape, num_classes):
         classes = num_classes or (1000 if config["dataset"] == "imagefolder" else 10)
         return build_model(config, classes, shape), shape
     if name in list_models():
-        kwargs = {"num_classes": num_classes} if num_classes else {}
-        return create_model(name, **kwargs), shape or model_info(name).input_size
+        return zoo_model(name, shape, num_classes)
     raise UsageError(
         f"unknown model or recipe {name!r}; models: {', '.join(list_models())}; recipes: {', '.join(list_recipes())}"
     )
@@ -87,16 +86,25 @@ def cmd_summary(argv: list[str]) -> int:
     """onebit summary MODEL|RECIPE: the layer table (bits, memory, MACs)."""
     p = Parser(prog="onebit summary", description="Print a model's layer table (bits, memory, MACs).")
     p.add_argument("model", help="a model name or a recipe name (onebit list)")
-    p.add_argument("--input-size", help="C,H,W of one input (default: from the recipe, or per model)")
+    p.add_argument(
+        "--input-size", help="C,H,W of one input (default: from the recipe, or per model; the model is built for it)"
+    )
     p.add_argument("--num-classes", type=int, default=None)
     args = p.parse_args(argv)
+    if args.num_classes is not None and args.num_classes < 1:
+        raise UsageError(f"--num-classes {args.num_classes}: must be >= 1")
     import torch
 
     from ..model_summary import summary
+    from ..models import list_models
 
     shape = parse_input_size(args.input_size) if args.input_size else None
     model, shape = _summary_model(args.model, shape, args.num_classes)
     model.eval()
-    with torch.no_grad():
-        print(summary(model, (1, *shape), print_fn=None))
+    try:
+        with torch.no_grad():
+            table = summary(model, (1, *shape), print_fn=None)
+    except ValueError as e:  # the model does not run on inputs of this size
+        raise does_not_run(args.model, shape, e, args.model in list_models()) from None
+    print(table)
     return 0

@@ -3,20 +3,21 @@ experiments (``onebit approximation-viewpoint``, ``onebit lr-invariance``: ``one
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
 
 from .. import training
 from ..training import distributed
-from ..training.runs import COMPARE_PLOT, RunFolder
-from .common import MAIN_RECIPE, Parser, UsageError, command, split_overrides
+from ..training.runs import COMPARE_PLOT
+from .common import MAIN_RECIPE, Parser, UsageError, command, one_line, split_overrides
 from .info import recipe_help
 
 __all__ = ["EXPERIMENTS", "cmd_eval", "cmd_plot", "cmd_train"]
 
 EXPERIMENTS = ("approximation-viewpoint", "lr-invariance")
-OPTIONS = "--resume, --seed, --data-dir, --out, --epochs, --jobs, --quiet"
+OPTIONS = "--resume, --seed, --seeds, --data-dir, --out, --epochs, --jobs, --quiet"
 
 
 def _train_parser() -> Parser:
@@ -29,6 +30,7 @@ def _train_parser() -> Parser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     p.add_argument("--seed", type=int, help="same as seed=N")
+    p.add_argument("--seeds", type=int, help="same as seeds=N: N runs (seeds seed..seed+N-1), mean and std")
     p.add_argument("--data-dir", help="same as data_dir=PATH")
     p.add_argument("--out", help="same as out=DIR (root of run folders)")
     p.add_argument("--epochs", type=int, help="same as epochs=N")
@@ -59,7 +61,7 @@ def _parse(argv: list[str], default_recipe: str | None):
         positional = [default_recipe] + positional
     if len(positional) > 1:
         raise UsageError(f"one recipe at a time, got {positional}; overrides are key=value")
-    for key in ("seed", "data_dir", "out", "epochs"):
+    for key in ("seed", "seeds", "data_dir", "out", "epochs"):
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
     if args.jobs < 1:
@@ -68,15 +70,11 @@ def _parse(argv: list[str], default_recipe: str | None):
 
 
 def _resume(run_dir: str, positional: list[str], overrides: list[str], verbose: bool) -> dict:
-    """Continue a run from its last.pt, with its recipe and config (plus the overrides)."""
+    """Continue a run from its last.pt, with its recipe and config (plus the overrides); a run
+    killed before its first checkpoint starts over (``training.resume_run``)."""
     if positional:
         raise UsageError(f"--resume takes the recipe from the run folder; drop {positional[0]!r}")
-    last = RunFolder(run_dir).last
-    if not last.is_file():
-        raise UsageError(f"--resume {run_dir}: expected a run folder with last.pt; none at {last}")
-    ckpt = training.load_checkpoint(last)
-    config = training.apply_overrides(ckpt["config"], overrides)
-    return training.train(config, recipe=ckpt["recipe"], source=ckpt.get("source", ""), resume=run_dir, verbose=verbose)
+    return training.resume_run(run_dir, overrides, verbose=verbose)
 
 
 def _run_recipe(name: str, overrides: list[str], jobs: int, verbose: bool) -> dict:
@@ -84,6 +82,10 @@ def _run_recipe(name: str, overrides: list[str], jobs: int, verbose: bool) -> di
     from ..recipes import load_recipe
 
     recipe = load_recipe(name).with_overrides(overrides)
+    if recipe.config["seeds"] > 1:
+        from ..training.experiments import run_seeds
+
+        return run_seeds(recipe, verbose=verbose)
     if recipe.kind == "sweep":
         from ..training.experiments import run_sweep
 
@@ -161,9 +163,15 @@ def cmd_plot(argv: list[str]) -> int:
     args = p.parse_args(argv)
     from ..training.plots import plot_compare, plot_run
 
-    for d in args.run_dirs:
-        for path in plot_run(d):
-            print(path)
-    if len(args.run_dirs) > 1:
-        print(plot_compare(args.run_dirs, args.out))
+    try:
+        for d in args.run_dirs:
+            for path in plot_run(d):
+                print(path)
+        if len(args.run_dirs) > 1:
+            print(plot_compare(args.run_dirs, args.out))
+    except (ValueError, KeyError, csv.Error) as e:  # a damaged metrics.csv / flips.csv, an --out of no image type
+        what = f"missing column {e}" if isinstance(e, KeyError) else one_line(e)
+        raise UsageError(
+            f"cannot plot {' '.join(args.run_dirs)}: {what} (a damaged metrics.csv or flips.csv?)"
+        ) from None
     return 0

@@ -20,6 +20,7 @@ import math
 import os
 import pickle
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,12 @@ class ImageFolderDataset:
         return (3, self.image_size, self.image_size)
 
     def _decode(self, path: Path, train: bool, generator):
+        try:
+            return self._decode_image(path, train, generator)
+        except Exception as e:  # noqa: BLE001 - a file changed after load_imagefolder checked it
+            raise DataError(f"dataset 'imagefolder': cannot decode {path} ({_why(e)})") from None
+
+    def _decode_image(self, path: Path, train: bool, generator):
         from PIL import Image
 
         with Image.open(path) as img:
@@ -209,11 +216,15 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except OSError as e:
-        raise DataError(f"cannot read idx file {path}: {e}") from None
+    except (OSError, EOFError, zlib.error) as e:  # EOFError, zlib.error: a damaged .gz
+        raise DataError(f"cannot read idx file {path}: {getattr(e, 'strerror', None) or e}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path} is not an idx file of unsigned bytes (expected magic 0x0000 08 nn)")
     ndim = data[3]
+    if ndim == 0 or len(data) < 4 + 4 * ndim:
+        raise DataError(
+            f"{path}: truncated idx header ({ndim} dimensions need {4 + 4 * ndim} bytes, file has {len(data)})"
+        )
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
@@ -233,22 +244,77 @@ def load_mnist_idx(data_dir: str | os.PathLike):
                 f"dataset 'mnist': {split} images {images.shape} and labels {labels.shape} in {root} do not match "
                 "(expected (N, H, W) and (N,))"
             )
+        _check_labels(labels, 10, f"dataset 'mnist': {split} labels in {root}")
         parts[split] = ArrayDataset(
             torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)), range(10)
         )
         parts[split].classes = [str(i) for i in range(10)]
+    _check_same_shape(parts["train"], parts["test"], f"dataset 'mnist' in {root}")
     return parts["train"], parts["test"]
+
+
+def _check_labels(labels: np.ndarray, classes: int, what: str) -> None:
+    """Every label a class index in [0, classes) (cross-entropy would fail mid-epoch otherwise)."""
+    if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+        raise DataError(f"{what}: labels must be 0..{classes - 1}, found {int(labels.min())}..{int(labels.max())}")
+
+
+def _check_same_shape(train, test, what: str) -> None:
+    """Training and test images of one shape (the model is built for the training images')."""
+    if train.shape != test.shape:
+        raise DataError(f"{what}: training images are {train.shape} (C, H, W) but test images {test.shape}")
 
 
 # ----------------------------------------------------------------------------------- cifar10
 
 
+def _numpy_global(module: str, name: str):
+    """numpy's own function ``name`` from ``numpy._core.<module>`` (numpy 2) or ``numpy.core.<module>``."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"numpy._core.{module}"), name)
+    except (ImportError, AttributeError):  # numpy 1.x
+        return getattr(importlib.import_module(f"numpy.core.{module}"), name)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what CIFAR-10's python batches hold and nothing else: dicts, lists, bytes,
+    strings, numbers and numpy arrays (``_reconstruct``, ``ndarray``, ``dtype``, and
+    ``_frombuffer`` for arrays pickled with protocol 5). Any other global is refused before it is
+    looked up, so a file can never run code: ``DataError`` naming the file and the global."""
+
+    ARRAY_GLOBALS = {
+        "multiarray._reconstruct": ("multiarray", "_reconstruct"),
+        "numeric._frombuffer": ("numeric", "_frombuffer"),
+    }
+
+    def __init__(self, file, path: Path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str):
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        for prefix in ("numpy._core.", "numpy.core."):
+            key = module.removeprefix(prefix) + "." + name
+            if module.startswith(prefix) and key in self.ARRAY_GLOBALS:
+                return _numpy_global(*self.ARRAY_GLOBALS[key])
+        raise DataError(
+            f"dataset 'cifar10': {self.path} is not a CIFAR-10 python batch: it refers to {module}.{name}, "
+            "which onebit refuses to load (only dicts, lists, strings, numbers and numpy arrays); nothing was run"
+        )
+
+
 def _unpickle(path: Path) -> dict:
+    """A CIFAR-10 python batch, unpickled by ``_CifarUnpickler`` (nothing in the file can run)."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="bytes")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise DataError(f"dataset 'cifar10': cannot unpickle {path} ({e})") from None
+            return _CifarUnpickler(f, path).load()
+    except DataError:
+        raise
+    except Exception as e:  # damaged or foreign: one line
+        raise DataError(f"dataset 'cifar10': cannot unpickle {path} ({type(e).__name__}: {e})") from None
 
 
 def _cifar_batch(path: Path):
@@ -257,10 +323,14 @@ def _cifar_batch(path: Path):
     labels = batch.get(b"labels", batch.get("labels")) if isinstance(batch, dict) else None
     if data is None or labels is None:
         raise DataError(f"dataset 'cifar10': {path} has no 'data'/'labels' entries (expected a CIFAR-10 python batch)")
-    data = np.asarray(data, dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+    try:
+        data, labels = np.asarray(data, dtype=np.uint8), np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise DataError(f"dataset 'cifar10': {path} data/labels are not arrays of integers ({e})") from None
+    if data.ndim != 2 or data.shape[1] != 3072 or labels.ndim != 1 or len(data) != len(labels):
         raise DataError(f"dataset 'cifar10': {path} data has shape {data.shape}, expected (N, 3072) with N labels")
-    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+    _check_labels(labels, 10, f"dataset 'cifar10': {path}")
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def load_cifar10(data_dir: str | os.PathLike):
@@ -275,9 +345,10 @@ def load_cifar10(data_dir: str | os.PathLike):
     classes = [str(i) for i in range(10)]
     meta = root / "batches.meta"
     if meta.is_file():
-        names = _unpickle(meta).get(b"label_names")
-        if names:
-            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        names = _unpickle(meta)
+        names = names.get(b"label_names", names.get("label_names")) if isinstance(names, dict) else None
+        if isinstance(names, (list, tuple)) and len(names) == 10:
+            classes = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names]
     parts = [_cifar_batch(p) for p in train_files]
     x = torch.from_numpy(np.concatenate([p[0] for p in parts]))
     y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
@@ -307,8 +378,52 @@ def _scan_folder(root: Path, classes: list[str] | None):
     return paths, labels, classes
 
 
-def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 224):
-    """(train, test) from ``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` (or ``val``)."""
+def _why(e: Exception) -> str:
+    """One line: the exception's class and the first line of its message."""
+    text = next((t.strip() for t in str(e).splitlines() if t.strip()), "")
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _image_problem(path: Path) -> str | None:
+    """Why Pillow cannot decode the image file ``path`` (None when it decodes): the whole file is
+    read and decoded, as training would (JPEG at 1/8 scale, which still reads every byte), so
+    truncated and damaged files are found, not only bad headers."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+            img.load()
+    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for broken files
+        return _why(e)
+    return None
+
+
+def _check_images(paths: list[Path], root: Path, threads: int | None = None) -> None:
+    """``DataError`` naming the files of ``paths`` that do not decode (all are read, in threads:
+    Pillow decodes without the GIL), so a damaged image stops the run before training starts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
+        problems = list(pool.map(_image_problem, paths))
+    bad = [(p, why) for p, why in zip(paths, problems) if why is not None]
+    if bad:
+        named = "; ".join(f"{p} ({why})" for p, why in bad[:3])
+        more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DataError(
+            f"dataset 'imagefolder': {len(bad)} of {len(paths)} images under {root} cannot be decoded: "
+            f"{named}{more}; remove or replace them"
+        )
+
+
+def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 224, verify: bool = True):
+    """(train, test) from ``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` (or ``val``).
+
+    ``verify`` (default): decode every image once now, and refuse the folder with a ``DataError``
+    naming the files that do not decode (a damaged image never stops training mid-epoch)."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise DataError(f"image_size={image_size!r} must be a positive int (pixels)")
     root = _existing_dir(data_dir, "imagefolder", "a folder with train/<class>/ and test/<class>/ image folders")
     if importlib.util.find_spec("PIL") is None:
         raise DataError("dataset 'imagefolder' decodes images with Pillow: pip install 'onebit[images]'")
@@ -319,7 +434,10 @@ def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 224):
     paths, labels, classes = _scan_folder(train_root, None)
     train = ImageFolderDataset(paths, labels, classes, image_size)
     paths, labels, _ = _scan_folder(test_root, classes)
-    return train, ImageFolderDataset(paths, labels, classes, image_size)
+    test = ImageFolderDataset(paths, labels, classes, image_size)
+    if verify:
+        _check_images(train.paths + test.paths, root)
+    return train, test
 
 
 # ----------------------------------------------------------------------------------- entry point
@@ -335,16 +453,27 @@ def _existing_dir(data_dir, name: str, what: str) -> Path:
 
 
 def load_dataset(
-    name: str, data_dir: str | os.PathLike | None = None, image_size: int = 0, augment: str = "auto", pad: int = 4
+    name: str,
+    data_dir: str | os.PathLike | None = None,
+    image_size: int = 0,
+    augment: str = "auto",
+    pad: int = 4,
+    verify: bool = True,
 ):
     """(train, test) data sets by name: mnist5k (bundled), mnist, cifar10, imagefolder.
 
     ``augment`` (training batches only): "auto" is each data set's default (CIFAR-10:
     pad_crop_flip; image folders: random-resized crop + flip; MNIST: none), or none, pad_crop,
     pad_crop_flip with ``pad`` pixels of padding (image folders: anything but none keeps theirs).
+    ``image_size``: image folders' side in pixels (0: 224). ``verify``: image folders decode every
+    image once at load time and refuse damaged files (see ``load_imagefolder``).
     """
     if augment not in ("auto",) + AUGMENTATIONS:
         raise DataError(f"augment={augment!r}; allowed: auto, {', '.join(AUGMENTATIONS)}")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise DataError(f"pad={pad!r} must be an int >= 0 (pixels)")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 0:
+        raise DataError(f"image_size={image_size!r} must be an int >= 0 (pixels; 0: 224)")
     if name == "mnist5k":
         train, test = load_mnist5k()
     elif name == "mnist":
@@ -352,7 +481,7 @@ def load_dataset(
     elif name == "cifar10":
         train, test = load_cifar10(data_dir)
     elif name == "imagefolder":
-        train, test = load_imagefolder(data_dir, image_size or 224)
+        train, test = load_imagefolder(data_dir, image_size or 224, verify=verify)
         train.augment = augment != "none"
         return train, test
     else:

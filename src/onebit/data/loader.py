@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .datasets import DataError
+
 __all__ = ["Loader"]
 
 _MIX = 1_000_003
@@ -40,12 +42,17 @@ class Loader:
         rank: int = 0,
         world_size: int = 1,
     ):
-        if batch_size < 1:
-            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"batch_size={batch_size!r} must be an int >= 1")
         if train and batch_size % world_size:
-            raise ValueError(f"global batch_size={batch_size} must divide by the number of processes ({world_size})")
+            raise DataError(f"global batch_size={batch_size} must divide by the number of processes ({world_size})")
         if train and len(dataset) < batch_size:
-            raise ValueError(f"batch_size={batch_size} is larger than the training set ({len(dataset)} examples)")
+            raise DataError(
+                f"batch_size={batch_size} is larger than the training set ({len(dataset)} examples): "
+                f"use batch_size={len(dataset)} or less, or more training data"
+                if len(dataset)
+                else "the training set is empty (0 examples)"
+            )
         self.dataset = dataset
         self.batch_size = batch_size
         self.train = train

@@ -136,8 +136,15 @@ class _GraphBuilder:
         except Exception as e:  # noqa: BLE001 - any tracing failure is a refusal
             raise EngineError(f"cannot trace {type(self.model).__name__} with torch.fx: {e}") from None
         gm = fx.GraphModule(self.model, graph)
-        with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(self.input_size))
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(torch.zeros(self.input_size))
+        except Exception as e:  # noqa: BLE001 - torch's shape errors, wrapped by fx
+            cause = e.__cause__ or e
+            reason = next((t.strip() for t in str(cause).splitlines() if t.strip()), type(cause).__name__)
+            raise EngineError(
+                f"input_size={self.input_size}: {type(self.model).__name__} does not run on it ({reason})"
+            ) from None
         self.output = None
         for node in gm.graph.nodes:
             meta = node.meta.get("tensor_meta")
@@ -731,9 +738,13 @@ class _Lowering:
 
 def build(model: nn.Module, input_size) -> tuple[dict, dict[str, np.ndarray]]:
     """The engine graph (JSON-able dict) and arrays of ``model`` for inputs of ``input_size``."""
-    input_size = tuple(int(v) for v in input_size)
-    if len(input_size) < 2:
-        raise EngineError(f"input_size={input_size} must be (N, C, H, W) or (N, features)")
+    try:
+        size = tuple(operator.index(v) for v in input_size)
+    except TypeError:
+        size = ()
+    if len(size) < 2 or min(size) < 1:
+        raise EngineError(f"input_size={input_size!r} must be (N, C, H, W) or (N, features) of positive ints")
+    input_size = size
     was_training = model.training
     model.eval()
     try:

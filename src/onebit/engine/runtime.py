@@ -28,6 +28,59 @@ def available_backends() -> list[str]:
 
 
 _BINARY_OPS = frozenset({"pack", "unpack", "sign", "bconv2d", "bdense", "maxpool2d_bits", "flatten_bits"})
+_FLOAT_OPS = frozenset(
+    {
+        "conv2d",
+        "dense",
+        "scale_shift",
+        "maxpool2d",
+        "avgpool2d",
+        "global_avgpool",
+        "flatten",
+        "add",
+        "relu",
+        "hardtanh",
+        "identity",
+    }
+)
+
+
+# the arrays each op needs (conv2d and dense: "weight", or "weight_bits" for 1-bit kernels)
+_ARRAYS = {
+    "bconv2d": ("weight",),
+    "bdense": ("weight",),
+    "scale_shift": ("mul", "add"),
+    "maxpool2d_bits": ("and_mask",),
+}
+
+
+def _why(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def check_graph(graph, where: str = "engine graph") -> None:
+    """``EngineError`` (naming ``where``) unless ``graph`` is a program the runtime can run: an input
+    shape of positive ints, ops of known kinds, each reading values defined before it, an output."""
+    if not isinstance(graph, dict) or not isinstance(graph.get("input"), dict):
+        raise EngineError(f"{where}: corrupt graph (no input)")
+    shape = graph["input"].get("shape")
+    if not isinstance(shape, list) or len(shape) < 2 or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise EngineError(f"{where}: corrupt graph (input shape {shape!r})")
+    ops = graph.get("ops")
+    if not isinstance(ops, list):
+        raise EngineError(f"{where}: corrupt graph (no op list)")
+    defined = {"input"}
+    for i, op in enumerate(ops):
+        if not isinstance(op, dict) or not isinstance(op.get("in"), list) or not isinstance(op.get("out"), str):
+            raise EngineError(f"{where}: corrupt graph (op {i} has no inputs / output)")
+        if op.get("op") not in _BINARY_OPS | _FLOAT_OPS:
+            raise EngineError(f"{where}: op {i} has unknown kind {op.get('op')!r}; the file needs a newer onebit")
+        missing = [v for v in op["in"] if v not in defined]
+        if missing:
+            raise EngineError(f"{where}: corrupt graph (op {i} reads {missing[0]!r} before it is computed)")
+        defined.add(op["out"])
+    if graph.get("output") not in defined:
+        raise EngineError(f"{where}: corrupt graph (output {graph.get('output')!r} is never computed)")
 
 
 def _pads(p):
@@ -38,10 +91,20 @@ class Runtime:
     """A loaded model: call it on a numpy array. ``ops`` lists the graph (op names and attributes)."""
 
     def __init__(
-        self, graph: dict, arrays: dict[str, np.ndarray], backend: str = "auto", num_threads: int | None = None
+        self,
+        graph: dict,
+        arrays: dict[str, np.ndarray],
+        backend: str = "auto",
+        num_threads: int | None = None,
+        *,
+        where: str = "engine graph",
     ):
         if backend not in ("auto", "numba", "numpy"):
             raise EngineError(f"backend={backend!r} is not one of 'auto', 'numba', 'numpy'")
+        if num_threads is not None and (
+            isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+        ):
+            raise EngineError(f"num_threads={num_threads!r} must be None or an int >= 1")
         jit = jit_kernels() if backend in ("auto", "numba") else None
         if backend == "numba" and jit is None:
             raise EngineError("backend='numba' needs numba (pip install 'onebit[jit]'); use 'numpy'")
@@ -51,13 +114,22 @@ class Runtime:
             import numba
 
             numba.set_num_threads(max(1, min(int(num_threads), numba.config.NUMBA_NUM_THREADS)))
+        check_graph(graph, where)
         self.graph = graph
         self.input_shape = tuple(graph["input"]["shape"])
         self.ops = graph["ops"]
         self._arrays = {}
         for i, op in enumerate(self.ops):
             a = {k.split(".", 1)[1]: v for k, v in arrays.items() if k.split(".", 1)[0] == str(i)}
-            self._arrays[i] = self._prepare(op, a)
+            missing = [k for k in _ARRAYS.get(op["op"], ()) if k not in a]
+            if op["op"] in ("conv2d", "dense") and not ("weight" in a or "weight_bits" in a):
+                missing.append("weight")
+            if missing:
+                raise EngineError(f"{where}: op {i} ({op['op']}) has missing or malformed arrays (no {missing[0]!r})")
+            try:
+                self._arrays[i] = self._prepare(op, a)
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                raise EngineError(f"{where}: op {i} ({op['op']}) has missing or malformed arrays ({_why(e)})") from None
         self._last_use = {}
         self._uses: dict = {}
         for i, op in enumerate(self.ops):
@@ -135,14 +207,25 @@ class Runtime:
         """Run op ``i`` alone on its input arrays (as returned by ``op_inputs``)."""
         return self._run(i, self.ops[i], args)
 
-    def _execute(self, x, record):
-        x = np.asarray(x, dtype=np.float32)
-        want = self.input_shape
-        if x.ndim != len(want) or tuple(x.shape[1:]) != tuple(want[1:]):
+    def _input(self, x) -> np.ndarray:
+        """``x`` as float32, or ``EngineError`` saying what the model takes."""
+        want = ("N",) + tuple(self.input_shape[1:])
+        try:
+            a = np.asarray(x)
+        except Exception as e:  # noqa: BLE001 - e.g. a CUDA tensor, a ragged list
             raise EngineError(
-                f"input shape {tuple(x.shape)} does not match the exported shape "
-                f"{('N',) + tuple(want[1:])} (any batch size N)"
+                f"input: expected a numeric array of shape {want}, got {type(x).__name__} ({e})"
+            ) from None
+        if a.dtype.kind not in "biuf":
+            raise EngineError(f"input: expected a real-valued numeric array of shape {want}, got dtype {a.dtype}")
+        if a.ndim != len(want) or tuple(a.shape[1:]) != want[1:] or a.shape[0] < 1:
+            raise EngineError(
+                f"input shape {tuple(a.shape)} does not match the exported shape {want} (any batch size N >= 1)"
             )
+        return a.astype(np.float32, copy=False)
+
+    def _execute(self, x, record):
+        x = self._input(x)
         if x.ndim == 4:
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         env = {"input": x}
@@ -152,10 +235,15 @@ class Runtime:
             args = [env[v] for v in op["in"]]
             if record is not None:
                 record.append(args)
-            if len(step) == 1:
-                env[op["out"]] = self._run(i, op, args)
-            else:
-                env[self.ops[step[-1]]["out"]] = self._run_fused_conv(step, args[0])
+            try:
+                if len(step) == 1:
+                    env[op["out"]] = self._run(i, op, args)
+                else:
+                    env[self.ops[step[-1]]["out"]] = self._run_fused_conv(step, args[0])
+            except EngineError:
+                raise
+            except (KeyError, IndexError, TypeError, ValueError) as e:  # attributes a damaged file lacks
+                raise EngineError(f"op {i} ({op['op']}) cannot run: {_why(e)} (a damaged engine file?)") from None
             for j in step:
                 for v in self.ops[j]["in"]:
                     if self._last_use.get(v) == j and v != self.ops[j]["out"]:
@@ -304,5 +392,7 @@ def load(path, backend: str = "auto", num_threads: int | None = None) -> Runtime
     """
     if not os.path.exists(path):
         raise EngineError(f"no engine file at {path!s}")
+    if os.path.isdir(path):
+        raise EngineError(f"{path!s} is a folder, not an engine file")
     graph, arrays = _bits.read(path)
-    return Runtime(graph, arrays, backend=backend, num_threads=num_threads)
+    return Runtime(graph, arrays, backend=backend, num_threads=num_threads, where=str(path))

@@ -12,8 +12,11 @@ ops in execution order with their attributes, and the table of arrays, named
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
+import tempfile
 
 import numpy as np
 
@@ -117,37 +120,67 @@ def save(path, graph: dict, arrays: dict[str, np.ndarray]) -> int:
     blob = to_bytes(graph, arrays)
     if hasattr(path, "write"):
         path.write(blob)
-    else:
-        with open(path, "wb") as f:
+        return len(blob)
+    # a temp file in the same folder, then a rename: a failed write never leaves half a file
+    # where an older engine file was
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+    if not os.path.isdir(os.path.dirname(path) or "."):
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory (its folder does not exist)", path)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
             f.write(blob)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return len(blob)
 
 
 def read(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read a file written by ``save``: (graph, arrays). Refuses files of another format."""
+    """Read a file written by ``save``: (graph, arrays). Refuses, with one line naming the file, a
+    file of another format or version, and a damaged one (truncated, bad header, bad array table)."""
     try:
         with open(path, "rb") as f:
             blob = f.read()
     except OSError as e:
-        raise EngineError(f"cannot read engine file {path!s}: {e.strerror}") from None
+        raise EngineError(f"cannot read engine file {path!s}: {e.strerror or e}") from None
     if blob[:8] != MAGIC or len(blob) < 16:
         raise EngineError(f"{path!s} is not an onebit engine file (bad magic bytes)")
     n = int(np.frombuffer(blob, np.uint64, 1, 8)[0])
+    if 16 + n > len(blob):
+        raise EngineError(f"{path!s} is truncated (its header needs {16 + n} bytes, the file has {len(blob)})")
     try:
         graph = json.loads(blob[16 : 16 + n].decode("utf-8"))
     except ValueError as e:
         raise EngineError(f"{path!s}: corrupt engine header ({e})") from None
+    if not isinstance(graph, dict):
+        raise EngineError(f"{path!s}: corrupt engine header (a JSON {type(graph).__name__}, not an object)")
     if graph.get("format") != FORMAT:
         raise EngineError(f"{path!s} has format {graph.get('format')!r}, expected {FORMAT!r}")
     if graph.get("version") != VERSION:
         raise EngineError(f"{path!s} has format version {graph.get('version')!r}; this onebit reads version {VERSION}")
     start = 16 + n + (-(16 + n) % _ALIGN)
-    arrays = {}
-    for name, spec in graph.pop("arrays").items():
+    table = graph.pop("arrays", None)
+    if not isinstance(table, dict):
+        raise EngineError(f"{path!s}: corrupt engine header (no table of arrays)")
+    return graph, {name: _array(blob, start, name, spec, path) for name, spec in table.items()}
+
+
+def _array(blob: bytes, start: int, name: str, spec, path) -> np.ndarray:
+    """Array ``name`` of the file's data, as its table entry ``spec`` describes it."""
+    try:
         dt = np.dtype(spec["dtype"])
-        count = int(np.prod(spec["shape"], dtype=np.int64))
-        off = start + spec["offset"]
-        if off + count * dt.itemsize > len(blob):
-            raise EngineError(f"{path!s} is truncated (array {name!r} ends past the file)")
-        arrays[name] = np.frombuffer(blob, dt, count, off).reshape(spec["shape"]).astype(dt.newbyteorder("="))
-    return graph, arrays
+        shape = tuple(int(v) for v in spec["shape"])
+        off = start + int(spec["offset"])
+        if dt.hasobject or min(shape, default=0) < 0 or off < start:
+            raise ValueError("negative size or offset, or an object dtype")
+    except (KeyError, TypeError, ValueError) as e:
+        raise EngineError(f"{path!s}: corrupt entry for array {name!r} in the header ({e})") from None
+    count = int(np.prod(shape, dtype=np.int64))
+    if off + count * dt.itemsize > len(blob):
+        raise EngineError(f"{path!s} is truncated (array {name!r} ends past the file)")
+    return np.frombuffer(blob, dt, count, off).reshape(shape).astype(dt.newbyteorder("="))

@@ -68,6 +68,7 @@ def _pack(t: torch.Tensor):
     """(words, count of values not +/-1) of a tensor packed along dim 1 (channels / features),
     read through a zero-copy numpy view of its memory, whatever its strides."""
     a = t.detach().numpy()
+    use_torch_threads()
     return jit_kernels().pack_sign_count(a.transpose(0, 2, 3, 1) if a.ndim == 4 else a[None, None])
 
 
@@ -118,6 +119,7 @@ class _Conv2d(torch.autograd.Function):
         stride, dilation, conv_padding, extra, pad_value = ctx.geometry
         x = torch.empty_strided(*ctx.layouts[0], dtype=grad.dtype)
         if bits is not None:  # the +/-1 input, unpacked into its forward layout
+            use_torch_threads()
             jit_kernels().unpack_sign_into(bits.numpy().view(np.uint64), x.detach().numpy().transpose(0, 2, 3, 1))
         if w is None:
             w = torch.empty_strided(*ctx.layouts[1], dtype=grad.dtype)

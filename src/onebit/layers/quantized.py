@@ -21,6 +21,9 @@ where that is faster (``onebit.layers.popcount``, the ``popcount_forward`` switc
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,10 +46,39 @@ __all__ = [
 ]
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_args(owner: str, counts: dict, geometry: dict | None = None, dims: int = 2, padding=0) -> None:
+    """ValueError naming the first constructor argument of layer ``owner`` that no layer can take:
+    ``counts`` (features, channels) ints >= 1, ``geometry`` (kernel size, stride, dilation) an int
+    >= 1 or a tuple of ``dims`` of them, ``padding`` ints >= 0 or "same" / "valid"."""
+    for name, v in counts.items():
+        if not _is_int(v) or v < 1:
+            raise ValueError(f"{owner} {name}={v!r} must be an int >= 1")
+    for name, v in (geometry or {}).items():
+        values = tuple(v) if isinstance(v, (tuple, list)) else (v,)
+        if (isinstance(v, (tuple, list)) and len(v) != dims) or not all(_is_int(x) and x >= 1 for x in values):
+            raise ValueError(f"{owner} {name}={v!r} must be an int >= 1 or a tuple of {dims} such ints")
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"{owner} padding={padding!r} must be 'same', 'valid', or ints >= 0")
+        return
+    values = tuple(padding) if isinstance(padding, (tuple, list)) else (padding,)
+    if (isinstance(padding, (tuple, list)) and len(padding) != dims) or not all(_is_int(x) and x >= 0 for x in values):
+        raise ValueError(f"{owner} padding={padding!r} must be 'same', 'valid', an int >= 0 or a tuple of {dims}")
+
+
 class QuantLayer:
     """Mixin of every onebit quantized layer: quantizers, constraint and padding value."""
 
     def _init_quant(self, input_quantizer, kernel_quantizer, kernel_constraint, pad_values=0.0):
+        ok = isinstance(pad_values, numbers.Real) and not isinstance(pad_values, bool) and math.isfinite(pad_values)
+        if not ok:
+            raise ValueError(
+                f"{type(self).__name__} pad_values={pad_values!r} must be a finite number (e.g. 0.0 or 1.0)"
+            )
         self.input_quantizer = quantizers.get(input_quantizer)
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self.kernel_constraint = kernel_constraint
@@ -118,6 +150,7 @@ class QuantLinear(QuantLayer, nn.Linear):
         kernel_quantizer=None,
         kernel_constraint=None,
     ):
+        _check_args("QuantLinear", {"in_features": in_features, "out_features": out_features})
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_quant(input_quantizer, kernel_quantizer, kernel_constraint)
 
@@ -228,6 +261,13 @@ def _conv_init(parent, dims):
         kernel_constraint=None,
         pad_values=0.0,
     ):
+        _check_args(
+            type(self).__name__,
+            {"in_channels": in_channels, "out_channels": out_channels, "groups": groups},
+            {"kernel_size": kernel_size, "stride": stride, "dilation": dilation},
+            dims,
+            padding,
+        )
         strided = any(s != 1 for s in nn.modules.utils._ntuple(dims)(stride))
         torch_padding = 0 if (padding == "same" and strided) else padding
         parent.__init__(
@@ -296,6 +336,13 @@ class QuantDepthwiseConv2d(_QuantConvNd, nn.Conv2d):
         kernel_constraint=None,
         pad_values=0.0,
     ):
+        _check_args(
+            "QuantDepthwiseConv2d",
+            {"in_channels": in_channels, "depth_multiplier": depth_multiplier},
+            {"kernel_size": kernel_size, "stride": stride, "dilation": dilation},
+            2,
+            padding,
+        )
         strided = any(s != 1 for s in nn.modules.utils._pair(stride))
         torch_padding = 0 if (padding == "same" and strided) else padding
         nn.Conv2d.__init__(
@@ -338,6 +385,13 @@ class QuantConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
         kernel_quantizer=None,
         kernel_constraint=None,
     ):
+        _check_args(
+            "QuantConvTranspose2d",
+            {"in_channels": in_channels, "out_channels": out_channels, "groups": groups},
+            {"kernel_size": kernel_size, "stride": stride, "dilation": dilation},
+            2,
+            padding,
+        )
         super().__init__(
             in_channels,
             out_channels,

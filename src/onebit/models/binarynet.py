@@ -29,6 +29,8 @@ def binarynet(
     CIFAR-10 (paper, 500 epochs); the reproduction study reached 86.96-89.2%.
     Bop recipes pass ``kernel_quantizer="noop", kernel_constraint=None`` (Bop keeps kernels +/-1).
     """
+    if image_size < 10:
+        raise ValueError(f"binarynet needs image_size >= 10 (the map vanishes), got {image_size}")
     q = dict(kernel_quantizer=kernel_quantizer, kernel_constraint=kernel_constraint)
     conv = dict(padding="same", bias=False, input_quantizer=input_quantizer, pad_values=pad_values, **q)
     f = filters

@@ -5,6 +5,7 @@ keyword arguments its builder takes)."""
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -91,6 +92,10 @@ def create_model(name: str, **kwargs) -> nn.Module:
         raise ValueError(
             f"model {name!r} takes no argument {unknown[0]!r}; it takes: {', '.join(sorted(info.keywords))}"
         )
+    for key in ("num_classes", "in_channels", "image_size"):
+        value = kwargs.get(key, 1)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"model {name!r}: {key}={value!r} must be an int >= 1")
     model = info.builder(**kwargs)
     model.name = name  # shown by onebit.summary
     return model

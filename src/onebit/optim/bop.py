@@ -28,6 +28,8 @@ Flips of the last step are kept as tensors, never read on the host inside ``step
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 
 import torch
@@ -38,17 +40,27 @@ from ..functional import write_sign
 __all__ = ["Bop", "Bop2ndOrder", "bop"]
 
 
+def _real(value) -> bool:
+    """A finite real number (not a bool); tensors are checked by the caller's schedule."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_gamma(gamma, name="gamma"):
-    if not isinstance(gamma, torch.Tensor) and not 0.0 < float(gamma) <= 1.0:
+    if not isinstance(gamma, torch.Tensor) and not (_real(gamma) and 0.0 < gamma <= 1.0):
         raise ValueError(f"Invalid {name}: {gamma!r}; it must lie in (0, 1]")
 
 
-def _check_threshold(threshold):
-    if not isinstance(threshold, torch.Tensor) and float(threshold) < 0.0:
-        raise ValueError(f"Invalid threshold: {threshold!r}; it must be >= 0")
+def _check_threshold(threshold, name="threshold"):
+    if not isinstance(threshold, torch.Tensor) and not (_real(threshold) and threshold >= 0.0):
+        raise ValueError(f"Invalid {name}: {threshold!r}; it must be >= 0 (a finite number)")
 
 
 def _as_param_list(params, owner):
+    if isinstance(params, torch.Tensor) or not hasattr(params, "__iter__"):
+        raise TypeError(
+            f"{owner} params={type(params).__name__}: expected an iterable of tensors or param-group dicts, "
+            "e.g. onebit.binary_parameters(model)"
+        )
     params = list(params)
     if not params:
         raise ValueError(
@@ -300,8 +312,7 @@ class Bop2ndOrder(Optimizer):
         _check_gamma(gamma)
         _check_gamma(sigma, "sigma")
         _check_threshold(threshold)
-        if eps < 0:
-            raise ValueError(f"Invalid eps: {eps!r}; it must be >= 0")
+        _check_threshold(eps, "eps")
         params = _as_param_list(params, type(self).__name__)
         defaults = dict(lr=gamma, sigma=sigma, threshold=threshold, eps=eps, maximize=maximize)
         super().__init__(params, defaults)

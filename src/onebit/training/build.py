@@ -27,10 +27,17 @@ __all__ = [
 ]
 
 
-def load_data(config: dict):
-    """(train, test) data sets of a config (dataset, data_dir, image_size, augment)."""
+def load_data(config: dict, verify: bool = True):
+    """(train, test) data sets of a config (dataset, data_dir, image_size, augment). ``verify``:
+    image folders decode every image once now and refuse damaged files (training needs this;
+    reading a finished run's model for export does not)."""
     return load_dataset(
-        config["dataset"], config["data_dir"], config["image_size"], config["augment"], config["augment_pad"]
+        config["dataset"],
+        config["data_dir"],
+        config["image_size"],
+        config["augment"],
+        config["augment_pad"],
+        verify=verify,
     )
 
 
@@ -79,11 +86,30 @@ def build_model(config: dict, num_classes: int, shape: tuple[int, int, int]) -> 
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = config["bn_momentum"]
-    if config.get("init_scale", 1.0) != 1.0:
-        with torch.no_grad():
-            for p in binary_parameters(model):
-                p.mul_(config["init_scale"])
+    _initialize(model, config)
     return model
+
+
+@torch.no_grad()
+def _initialize(model: nn.Module, config: dict) -> None:
+    """``kernel_init`` (quantized layers' kernels), then ``init_scale`` (binary kernels), then
+    ``init_scale_all``: every parameter and floating buffer (batch norm's running mean and
+    variance too), as the study's code multiplies every Keras layer weight."""
+    init = config.get("kernel_init", "default")
+    for m in model.modules() if init != "default" else ():
+        if isinstance(m, QuantLayer):
+            if init == "glorot_uniform":
+                nn.init.xavier_uniform_(m.weight)
+            else:  # Keras RandomUniform's defaults
+                nn.init.uniform_(m.weight, -0.05, 0.05)
+    if config.get("init_scale", 1.0) != 1.0:
+        for p in binary_parameters(model):
+            p.mul_(config["init_scale"])
+    factor = config.get("init_scale_all", 1.0)
+    if factor != 1.0:
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.is_floating_point():
+                t.mul_(factor)
 
 
 def binary_named_parameters(model: nn.Module) -> list[tuple[str, torch.Tensor]]:

@@ -80,6 +80,7 @@ def setup(device: torch.device) -> Dist:
     On CUDA each process uses ``cuda:LOCAL_RANK`` (returned as ``Dist.device``); with one process
     ``device`` is returned unchanged.
     """
+    _check_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(device=device)
@@ -93,6 +94,17 @@ def setup(device: torch.device) -> Dist:
         dist.init_process_group(backend)
         atexit.register(_destroy)
     return Dist(rank, world, local, local_world, dist.get_backend(), device)
+
+
+def _check_device(device: torch.device) -> None:
+    """``ConfigError`` (one line) for a device this machine does not have."""
+    from .config import ConfigError
+
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and (count == 0 or (device.index or 0) >= count):
+        raise ConfigError(f"device={str(device)!r}: this machine has {count} CUDA device(s); use device=auto or cpu")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("device='mps': Apple's MPS is not available here; use device=auto or cpu")
 
 
 def _destroy() -> None:

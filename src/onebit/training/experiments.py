@@ -1,9 +1,11 @@
 """Experiments built on ``train``: sweeps (paper sec. 5.1, the reproduction's lr-invariance study),
-the reproduction's approximation-viewpoint evaluation, and re-evaluating a finished run."""
+the reproduction's approximation-viewpoint evaluation, a recipe over several seeds, and
+re-evaluating a finished run."""
 
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import os
 import sys
@@ -22,9 +24,18 @@ from .config import ConfigError
 from .loop import train
 from .plots import plot_compare
 from .runs import RunFolder, new_run_dir, restore_run
-from .step import evaluate, reestimate_batchnorm
+from .step import evaluate, make_train_step, reestimate_batchnorm
 
-__all__ = ["run_sweep", "approximation_viewpoint", "evaluate_run", "latent_view", "reestimate_batchnorm"]
+__all__ = [
+    "run_sweep",
+    "run_seeds",
+    "seed_statistics",
+    "approximation_viewpoint",
+    "retrain_batchnorm",
+    "evaluate_run",
+    "latent_view",
+    "reestimate_batchnorm",
+]
 
 
 def _slug(label: str) -> str:
@@ -121,21 +132,89 @@ def run_sweep(recipe, jobs: int = 1, verbose: bool = True, stream=None) -> dict:
 
 
 def latent_view(model: nn.Module) -> nn.Module:
-    """A copy of a latent-weight model whose binary layers use the real latent weights directly
-    (kernel quantizer removed); activations stay binary."""
+    """A copy of a latent-weight model as the study's code builds its "real-weight" model: every
+    binary layer after the first uses its real latent kernel (kernel quantizer and constraint
+    removed); the first layer keeps its binary kernel, and input quantizers stay as they are."""
     view = copy.deepcopy(model)
-    for m in view.modules():
-        if isinstance(m, QuantLayer) and precision_of(m.kernel_quantizer) == 1:
-            m.kernel_quantizer = None
-            m.kernel_constraint = None
+    binary = [m for m in view.modules() if isinstance(m, QuantLayer) and precision_of(m.kernel_quantizer) == 1]
+    for m in binary[1:]:
+        m.kernel_quantizer = None
+        m.kernel_constraint = None
     return view
 
 
+def _batchnorms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def retrain_batchnorm(model: nn.Module, loader, config: dict, device) -> nn.Module:
+    """Train only the batch-norm parameters of ``model`` (in place) for ``config["epochs"]`` epochs
+    (``max_steps`` per epoch when set) with Adam at ``config["lr"]``; every other parameter is
+    frozen. Running statistics update as in any training (train-mode forward passes)."""
+    bn_ids = {id(p) for m in _batchnorms(model) for p in m.parameters()}
+    params = [p for p in model.parameters() if id(p) in bn_ids]
+    for p in model.parameters():
+        p.requires_grad_(id(p) in bn_ids)
+    step = make_train_step(model, torch.optim.Adam(params, lr=config["lr"], eps=config["adam_eps"]))
+    model.train()
+    for epoch in range(config["epochs"]):
+        loader.set_epoch(config["epochs"] + epoch)  # the data orders after the first training's
+        for i, (x, y) in enumerate(loader):
+            if 0 < config["max_steps"] <= i:
+                break
+            step(x.to(device), y.to(device))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.eval()
+
+
+def _kernels(model: nn.Module) -> list[torch.Tensor]:
+    return [m.weight.detach().clone() for m in model.modules() if isinstance(m, QuantLayer)]
+
+
+APPROXIMATION_ROWS = {
+    "binary_weights": "binary weights (as trained)",
+    "latent_weights": "latent weights (first layer binary)",
+    "latent_weights_bn_retrained": "latent weights, batch norm retrained",
+    "binary_weights_bn_retrained": "binary weights, retrained batch norm",
+    "latent_weights_bn_reestimated": "latent weights, BN statistics re-estimated",
+}
+
+
+def _approximation_accuracies(run, config: dict, device) -> dict:
+    """The four accuracies of the study's code, plus latent weights with re-estimated statistics."""
+    batch = max(config["batch_size"], 256)
+    test = Loader(run.test_set, batch, train=False)
+
+    def acc(m):
+        s = evaluate(m, test, device).tolist()
+        return s[1] / s[2]
+
+    binary = run.model.eval()
+    latent = latent_view(binary)
+    result = {"binary_weights": acc(binary), "latent_weights": acc(latent)}
+    plain = Loader(run.train_set, batch, train=False)  # training images, no augmentation
+    reestimated = reestimate_batchnorm(copy.deepcopy(latent), plain, device)
+    before = _kernels(latent)
+    train_loader = Loader(run.train_set, config["batch_size"], train=True, seed=config["seed"])
+    retrain_batchnorm(latent, train_loader, config, device)
+    if not all(torch.equal(a, b) for a, b in zip(before, _kernels(latent))):
+        raise RuntimeError("batch-norm retraining changed a kernel")
+    result["latent_weights_bn_retrained"] = acc(latent)
+    for target, source in zip(_batchnorms(binary), _batchnorms(latent)):
+        target.load_state_dict(source.state_dict())
+    result["binary_weights_bn_retrained"] = acc(binary)
+    result["latent_weights_bn_reestimated"] = acc(reestimated.eval())
+    return result
+
+
 def approximation_viewpoint(recipe, verbose: bool = True, stream=None, run_dir=None) -> dict:
-    """The reproduction study's test of the "latent weights approximate real weights" view: train
-    with latent weights, then evaluate the test set (1) with binary weights, (2) with the latent
-    weights in place of their signs, (3) with latent weights after re-estimating batch-norm
-    statistics on the training set. Writes ``approximation.json`` and adds the three accuracies
+    """The reproduction study's test of the "latent weights approximate real weights" view, as its
+    code runs it: train with latent weights; evaluate the test set (1) with binary weights, (2)
+    with latent weights in every layer but the first (``latent_view``); (3) retrain only the
+    batch norms of (2) for as many epochs, kernels frozen, and evaluate; (4) copy those batch
+    norms into the binary network and evaluate. Also (5): (2) with its batch-norm statistics
+    re-estimated over the training images. Writes ``approximation.json`` and adds the accuracies
     to ``summary.json``."""
     stream = stream if stream is not None else sys.stdout
     config = dict(recipe.config)
@@ -145,33 +224,82 @@ def approximation_viewpoint(recipe, verbose: bool = True, stream=None, run_dir=N
         )
     summary = train(config, recipe=recipe.name, source=recipe.source, run_dir=run_dir, verbose=verbose, stream=stream)
     run = restore_run(summary["run_dir"], "last")
-    model, device = run.model, torch.device("cpu")
-    batch = max(config["batch_size"], 256)
-    test = Loader(run.test_set, batch, train=False)
-    train_plain = Loader(run.train_set, batch, train=False)  # training images, no augmentation
-
-    def acc(m):
-        s = evaluate(m, test, device).tolist()
-        return s[1] / s[2]
-
-    latent = latent_view(model)
-    result = {
-        "binary_weights": acc(model),
-        "latent_weights": acc(latent),
-        "latent_weights_bn_reestimated": acc(reestimate_batchnorm(latent, train_plain, device).eval()),
-    }
+    torch.manual_seed(config["seed"])
+    result = _approximation_accuracies(run, config, torch.device("cpu"))
     run.folder.approximation.write_text(json.dumps(result, indent=2) + "\n")
     summary.update({f"accuracy_{k}": v for k, v in result.items()})
     run.folder.summary.write_text(json.dumps(summary, indent=2) + "\n")
     if verbose:
         stream.write("\napproximation viewpoint (test accuracy):\n")
-        stream.write(f"  binary weights (as trained)                 {100 * result['binary_weights']:6.2f}%\n")
-        stream.write(f"  latent weights                              {100 * result['latent_weights']:6.2f}%\n")
-        stream.write(
-            f"  latent weights, batch norm re-estimated     {100 * result['latent_weights_bn_reestimated']:6.2f}%\n"
-        )
+        for key, text in APPROXIMATION_ROWS.items():
+            stream.write(f"  {text:<44}{100 * result[key]:6.2f}%\n")
         stream.flush()
     return summary
+
+
+# ------------------------------------------------------------------------- several seeds
+
+
+def _seed_values(summary: dict) -> dict:
+    """The numbers of one seed's summary that a seeds table reports."""
+    keys = [k for k in summary if k.startswith("accuracy_")] or ["test_accuracy", "best_test_accuracy"]
+    return {k: summary[k] for k in keys if isinstance(summary.get(k), (int, float))}
+
+
+def seed_statistics(rows: list[dict]) -> dict:
+    """{key: {"mean", "std", "n"}} over the per-seed rows (population std, as numpy's default)."""
+    stats = {}
+    for key in rows[0]:
+        values = [float(r[key]) for r in rows if r.get(key) is not None]
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+        stats[key] = {"mean": mean, "std": std, "n": len(values)}
+    return stats
+
+
+def run_seeds(recipe, verbose: bool = True, stream=None) -> dict:
+    """Run a train or approximation-viewpoint recipe ``seeds`` times (seeds ``seed``,
+    ``seed + 1``, ...), each into ``runs/<recipe>/<timestamp>/seed-<N>/``; write ``seeds.json``
+    and ``seeds.csv`` (one row per seed, then mean and std) and print the table."""
+    say = _Say(verbose, stream)
+    if recipe.kind not in ("train", "approximation-viewpoint"):
+        raise ConfigError(f"seeds > 1 works for train and approximation-viewpoint recipes, not {recipe.kind!r}")
+    n, first = recipe.config["seeds"], recipe.config["seed"]
+    root = RunFolder(new_run_dir(recipe.config["out"], recipe.name))
+    say(f"onebit {recipe.name}: {n} seeds into {root.path}")
+    runs = []
+    for seed in range(first, first + n):
+        one = recipe.with_overrides([f"seed={seed}", "seeds=1"])
+        run_dir = root.path / f"seed-{seed}"
+        run_dir.mkdir()
+        say(f"--- seed {seed}")
+        if recipe.kind == "approximation-viewpoint":
+            s = approximation_viewpoint(one, verbose=verbose, stream=say.stream, run_dir=run_dir)
+        else:
+            s = train(one.config, recipe=recipe.name, source=recipe.source, run_dir=run_dir, verbose=verbose)
+        runs.append(dict(seed=seed, run_dir=str(run_dir), **_seed_values(s)))
+    keys = [k for k in runs[0] if k not in ("seed", "run_dir")]
+    stats = seed_statistics([{k: r[k] for k in keys} for r in runs])
+    summary = {"recipe": recipe.name, "seeds": n, "run_dir": str(root.path), "mean_std": stats, "runs": runs}
+    (root.path / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(root.path / "seeds.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["seed", *keys])
+        w.writerows([[r["seed"], *(f"{r[k]:.6f}" for k in keys)] for r in runs])
+        for what in ("mean", "std"):
+            w.writerow([what, *(f"{stats[k][what]:.6f}" for k in keys)])
+    say(format_seeds(summary))
+    return summary
+
+
+def format_seeds(summary: dict) -> str:
+    """The seeds table: one line per key, mean +/- std in percent, and each seed's value."""
+    lines = [f"\nonebit {summary['recipe']}: {summary['seeds']} seeds (test accuracy, mean +/- std)"]
+    for key, s in summary["mean_std"].items():
+        each = " ".join(f"{100 * r[key]:.2f}" for r in summary["runs"])
+        lines.append(f"  {key:<40} {100 * s['mean']:6.2f} +/- {100 * s['std']:5.2f}%   ({each})")
+    lines.append(f"  run folder     {summary['run_dir']}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------- finished runs

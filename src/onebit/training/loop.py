@@ -8,6 +8,13 @@ Determinism: ``seed`` fixes the initialisation, the data order and the augmentat
 continues bit-identically (2 epochs straight == 1 epoch + resume + 1 epoch). Host syncs happen
 every ``log_every`` steps and once per epoch, never per step; under torchrun only rank 0 prints
 and writes, and metric sums are all-reduced when read.
+
+Crashes: ``last.pt`` is the commit point. At an epoch's end rank 0 writes metrics.csv, appends
+flips.csv, writes best.pt, then last.pt (every file atomically but flips.csv, whose rows of epochs
+after the checkpoint a resume drops); mid-epoch checkpoints (``checkpoint_every``, Ctrl-C) write
+last.pt only. A run killed at any moment resumes from its last.pt bit for bit (``resume_run``);
+one killed before its first checkpoint starts over. A failed write (disk full) ends the run with
+``SaveError`` and leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -33,12 +40,21 @@ from ..layers import popcount
 from ..metrics import LOG_EPS
 from . import checkpoint, distributed
 from .build import FlipSource, build_model, build_optimizer, build_schedulers, load_data
-from .config import ConfigError, to_toml, validate
+from .config import ConfigError, apply_overrides, checkpoint_interval, read_toml, to_toml, validate
 from .progress import Progress
-from .runs import CheckpointSaver, RunFolder, new_run_dir
+from .runs import CheckpointSaver, RunFolder, new_run_dir, read_run_config
 from .step import evaluate, make_train_step, reestimate_batchnorm, to_device
 
-__all__ = ["Interrupted", "METRIC_COLUMNS", "TrainState", "Trainer", "format_summary", "train"]
+__all__ = [
+    "Interrupted",
+    "METRIC_COLUMNS",
+    "SaveError",
+    "TrainState",
+    "Trainer",
+    "format_summary",
+    "resume_run",
+    "train",
+]
 
 METRIC_COLUMNS = [
     "epoch",
@@ -61,7 +77,15 @@ class Interrupted(Exception):
 
     def __init__(self, run_dir: Path, epoch: int, batch: int):
         super().__init__(f"interrupted at epoch {epoch + 1}, batch {batch}; checkpoint saved in {run_dir}")
-        self.run_dir = run_dir
+        self.run_dir, self.epoch, self.batch = run_dir, epoch, batch
+
+    def __reduce__(self):  # picklable: a sweep's worker process raises it to the parent
+        return type(self), (self.run_dir, self.epoch, self.batch)
+
+
+class SaveError(OSError):
+    """A run-folder file could not be written (disk full, read-only, ...). The run stops (on every
+    rank); the message is one line saying which checkpoint is intact and how to continue."""
 
 
 def _device(name: str) -> torch.device:
@@ -104,25 +128,39 @@ class _StopFlag:
 
 
 def _write_metrics(path: Path, history: list[dict]) -> None:
-    """Rewrite ``metrics.csv`` (via a temp file): one row per epoch, empty cells for None."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    """Rewrite ``metrics.csv`` atomically: one row per epoch, empty cells for None."""
+    with checkpoint.atomic_write(path, "w", newline="") as f:
         writer = csv.DictWriter(f, METRIC_COLUMNS)
         writer.writeheader()
         for row in history:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
 
 
-def _truncate_flips(path: Path, completed: int) -> None:
-    """Keep the rows of the first ``completed`` epochs (a resume rewrites the later ones)."""
-    if not path.exists():
+def _flips_header(names: list[str]) -> list[str]:
+    return ["step", "epoch", "flips", "log_flip_ratio"] + [f"flips/{n}" for n in names]
+
+
+def _row_epoch(row: list[str], width: int) -> float:
+    """The epoch of a flips.csv row; infinity for a row cut off by a killed process."""
+    try:
+        return int(row[1]) if len(row) == width else math.inf
+    except ValueError:
+        return math.inf
+
+
+def _truncate_flips(path: Path, names: list[str], completed: int) -> None:
+    """Keep the rows of the first ``completed`` epochs (a resume writes the later ones again) and
+    drop what a killed process left after them (rows of an epoch after its last checkpoint, a row
+    cut off); atomically. No file when no epoch was completed."""
+    if completed == 0 or not path.exists():
+        path.unlink(missing_ok=True)
         return
+    header = _flips_header(names)
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    keep = [rows[0]] + [r for r in rows[1:] if int(r[1]) <= completed]
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
+        rows = list(csv.reader(f))[1:]
+    keep = [r for r in rows if _row_epoch(r, len(header)) <= completed]
+    with checkpoint.atomic_write(path, "w", newline="") as f:
+        csv.writer(f).writerows([header] + keep)
 
 
 def _append_flips(path: Path, names: list[str], first_step: int, epoch: int, flips: np.ndarray, numel: int) -> None:
@@ -130,12 +168,24 @@ def _append_flips(path: Path, names: list[str], first_step: int, epoch: int, fli
     with open(path, "a", newline="") as f:
         writer = csv.writer(f)
         if new:
-            writer.writerow(["step", "epoch", "flips", "log_flip_ratio"] + [f"flips/{n}" for n in names])
+            writer.writerow(_flips_header(names))
         for i, row in enumerate(flips):
             total = int(row.sum())
             writer.writerow(
                 [first_step + i + 1, epoch, total, f"{math.log(total / numel + LOG_EPS):.6f}"] + row.tolist()
             )
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the checkpoint that commits the epoch
+
+
+def _reason(e: OSError) -> str:
+    """Why a write failed, in a few words ("No space left on device")."""
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _position(epoch: int, batch: int) -> str:
+    """Where a checkpoint stands, in words."""
+    return f"the end of epoch {epoch}" if batch == 0 else f"epoch {epoch + 1}, batch {batch}"
 
 
 def _tensorboard(run_dir: Path, enabled: bool):
@@ -183,7 +233,9 @@ class _Epoch:
     t0: float = 0.0
 
     def lap(self) -> None:
-        self.seconds += time.perf_counter() - self.t0
+        now = time.perf_counter()
+        self.seconds += now - self.t0
+        self.t0 = now
 
 
 class Trainer:
@@ -218,8 +270,12 @@ class Trainer:
         _seed_everything(config["seed"])
         self._build()
         self.state = TrainState()
+        self.committed = None  # (epoch, batch) of the checkpoint in last.pt, when there is one
         if ckpt is not None:
             self._resume(ckpt)
+            self.committed = (self.state.epoch, self.state.batch)
+        self.checkpoint_steps, self.checkpoint_seconds = checkpoint_interval(config.get("checkpoint_every", "off"))
+        self.saved_at = time.monotonic()
         self.flip_source = FlipSource(self.model, self.bop)
         self._wrap()
         self._open_run_folder(run_dir)
@@ -271,30 +327,44 @@ class Trainer:
         self.train_step = make_train_step(net, self.optimizer, self.schedulers)
 
     def _open_run_folder(self, run_dir) -> None:
-        """Rank 0 creates the folder, writes config.toml and opens TensorBoard; every rank learns
-        the folder and whether progress is drawn live."""
-        self.writer = None
+        """Rank 0 creates (or tidies) the folder, writes config.toml and opens TensorBoard; every
+        rank learns the folder and whether progress is drawn live."""
+        self.writer, error = None, None
         if self.main:
-            run_dir = Path(run_dir) if run_dir is not None else new_run_dir(self.config["out"], self.recipe)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            RunFolder(run_dir).config.write_text(
-                to_toml(
-                    {
-                        "recipe": {"name": self.recipe, "source": self.source, "onebit": __version__},
-                        "config": self.config,
-                        "distributed": distributed.describe(self.config["batch_size"], self.dist),
-                    }
-                )
-            )
-            _truncate_flips(RunFolder(run_dir).flips, self.state.epoch)
-            self.writer = _tensorboard(run_dir, self.config["tensorboard"])
-        self.run_dir = Path(distributed.broadcast_object(str(run_dir) if self.main else None, self.dist))
+            try:
+                run_dir = Path(run_dir) if run_dir is not None else new_run_dir(self.config["out"], self.recipe)
+                self._prepare_folder(RunFolder(run_dir))
+            except OSError as e:
+                error = f"cannot write the run folder {run_dir or self.config['out']}: {_reason(e)}"
+            else:
+                self.writer = _tensorboard(run_dir, self.config["tensorboard"])
+        run_dir, error = distributed.broadcast_object((str(run_dir), error) if self.main else None, self.dist)
+        if error is not None:
+            raise SaveError(error)
+        self.run_dir = Path(run_dir)
         self.folder = RunFolder(self.run_dir)
         self.saver = CheckpointSaver(self.folder)
         # collectives at log points must run on every rank: all ranks follow rank 0's terminal
         tty = self.verbose and self.main and hasattr(self.stream, "isatty") and self.stream.isatty()
         self.live_progress = distributed.broadcast_object(bool(tty), self.dist)
         self.check_every = self.config["check_replicas_every"] if self.dist.enabled else 0
+
+    def _prepare_folder(self, folder: RunFolder) -> None:
+        """The folder as the checkpoint left it: config.toml written, what a killed process left
+        removed (temp files; metrics.csv and flips.csv rows of epochs after the checkpoint)."""
+        folder.path.mkdir(parents=True, exist_ok=True)
+        checkpoint.remove_temp_files(folder.path)
+        tables = {
+            "recipe": {"name": self.recipe, "source": self.source, "onebit": __version__},
+            "config": self.config,
+            "distributed": distributed.describe(self.config["batch_size"], self.dist),
+        }
+        checkpoint.write_text_atomic(folder.config, to_toml(tables))
+        if self.state.history:
+            _write_metrics(folder.metrics, self.state.history)
+        else:
+            folder.metrics.unlink(missing_ok=True)
+        _truncate_flips(folder.flips, self.flip_source.names, self.state.epoch)
 
     def _header(self, resumed: bool) -> None:
         c, d = self.config, self.dist
@@ -340,6 +410,8 @@ class Trainer:
             self._step(ep, b, x, y)
             if self._stopping(b):
                 self._interrupt(ep, b + 1)
+            if b + 1 < self.steps_per_epoch and self._checkpoint_due(b):
+                self._save_partial(ep, b + 1)
         ep.lap()
         return ep
 
@@ -393,14 +465,32 @@ class Trainer:
             stopping = (b + 1) % self.config["log_every"] == 0 and distributed.any_rank(stopping, self.dist)
         return stopping
 
+    def _checkpoint_due(self, b: int) -> bool:
+        """Whether ``checkpoint_every`` asks for a mid-epoch checkpoint after batch ``b``: every N
+        steps (the same step on every rank), or when the time is up (rank 0's clock, agreed at log
+        points under torchrun)."""
+        if self.checkpoint_steps:
+            return self.state.step % self.checkpoint_steps == 0
+        if not self.checkpoint_seconds:
+            return False
+        due = self.main and time.monotonic() - self.saved_at >= self.checkpoint_seconds
+        if self.dist.enabled:
+            due = (b + 1) % self.config["log_every"] == 0 and distributed.any_rank(due, self.dist)
+        return due
+
     def _interrupt(self, ep: _Epoch, batch: int) -> None:
-        """Save ``last.pt`` mid-epoch (with the epoch's global sums so far) and raise ``Interrupted``."""
+        """Save ``last.pt`` mid-epoch and raise ``Interrupted``."""
+        self._save_partial(ep, batch)
+        raise Interrupted(self.run_dir, ep.index, batch)
+
+    def _save_partial(self, ep: _Epoch, batch: int) -> None:
+        """Save ``last.pt`` mid-epoch: the epoch's global sums so far, its flips and seconds, and the
+        batch to continue from (a resume goes on from there bit for bit)."""
         ep.lap()
         total = distributed.all_reduce_sum(ep.sums.clone(), self.dist)
         partial = {"sums": total.cpu(), "flips": ep.flips.cpu(), "seconds": ep.seconds}
-        if self.main:
-            self.saver.save(self._checkpoint(ep.index, batch, partial))
-        raise Interrupted(self.run_dir, ep.index, batch)
+        self._commit(ep.index, batch, partial)
+        ep.t0 = time.perf_counter()  # the epoch's seconds leave out the saving
 
     # ------------------------------------------------------------------------------ epoch end
 
@@ -418,9 +508,7 @@ class Trainer:
         if improved:
             st.best, st.best_epoch = test_acc, ep.index + 1
         st.epoch, st.batch, st.partial = ep.index + 1, 0, None
-        if self.main:
-            self._log_epoch(row, flips)
-            self.saver.save(self._checkpoint(st.epoch, 0, None), best=improved)
+        self._commit(st.epoch, 0, None, best=improved, logs=lambda: self._log_epoch(row, flips))
         flip_text = f"  log flip ratio {row['log_flip_ratio']:.2f}" if self.flip_source.numel else ""
         ep.progress.finish(
             f"loss {row['train_loss']:.4f}  train {_fmt_pct(row['train_accuracy'])}  "
@@ -482,13 +570,43 @@ class Trainer:
             self.writer.add_scalar("step/log_flip_ratio", math.log(total / n_binary + LOG_EPS), first + i + 1)
         self.writer.flush()
 
+    def _commit(self, epoch: int, batch: int, partial, best: bool = False, logs=None) -> None:
+        """Rank 0 writes the epoch's files (``logs``), best.pt when ``best``, then last.pt: the
+        commit point, from which a resume continues and rewrites what came after. A failed write
+        (disk full) stops the run on every rank with ``SaveError``; the files written before stay."""
+        message = None
+        if self.main:
+            try:
+                if logs is not None:
+                    logs()
+                self.saver.save(self._checkpoint(epoch, batch, partial), best=best)
+                self.committed = (epoch, batch)
+            except OSError as e:
+                message = self._save_failed(e)
+        if self.dist.enabled:  # every rank stops together
+            message = distributed.broadcast_object(message, self.dist)
+        if message is not None:
+            raise SaveError(message)
+        self.saved_at = time.monotonic()
+
+    def _save_failed(self, e: OSError) -> str:
+        """One line: what failed, which checkpoint is intact, how to continue."""
+        if self.committed is None:
+            kept = "no checkpoint was written yet"
+        else:
+            kept = f"last.pt still holds {_position(*self.committed)}"
+        return (
+            f"cannot save the run in {self.run_dir}: {_reason(e)}; {kept}; make room, then continue with: "
+            f"onebit train --resume {self.run_dir}"
+        )
+
     def _checkpoint(self, epoch: int, batch: int, partial) -> dict:
         """The checkpoint dict (these keys are the file format: old run folders resume)."""
         st = self.state
         return {
             "format": 1,
             "onebit": __version__,
-            "torch": torch.__version__,
+            "torch": str(torch.__version__),  # a plain string: checkpoints hold no torch class
             "recipe": self.recipe,
             "source": self.source,
             "config": self.config,
@@ -530,13 +648,22 @@ class Trainer:
             "run_dir": str(self.run_dir),
         }
         if self.main:
-            self.folder.summary.write_text(json.dumps(summary, indent=2) + "\n")
+            self._write_summary(summary)
             if self.config["plots"]:
                 self._plot()
                 summary["wall_seconds"] = round(self._wall_seconds(), 3)
-                self.folder.summary.write_text(json.dumps(summary, indent=2) + "\n")
+                self._write_summary(summary)
             self._say(format_summary(summary))
         return summary
+
+    def _write_summary(self, summary: dict) -> None:
+        try:
+            checkpoint.write_text_atomic(self.folder.summary, json.dumps(summary, indent=2) + "\n")
+        except OSError as e:
+            raise SaveError(
+                f"cannot write {self.folder.summary}: {_reason(e)}; the run is complete in last.pt: "
+                f"onebit train --resume {self.run_dir} writes it"
+            ) from None
 
     def _plot(self) -> None:
         from .plots import plot_run
@@ -560,9 +687,10 @@ def train(
 ) -> dict:
     """Train from ``config`` (see ``onebit.training.config``); returns the run summary dict.
 
-    ``resume``: a run folder whose ``last.pt`` to continue from (its folder is reused).
-    ``on_step(epoch, batch, step)``: called after every optimizer step (notebooks, tests).
-    Raises ``Interrupted`` after Ctrl-C (checkpoint saved), ``ConfigError``/``DataError`` on bad input.
+    ``resume``: a run folder whose ``last.pt`` to continue from (its folder is reused; see also
+    ``resume_run``). ``on_step(epoch, batch, step)``: called after every optimizer step (notebooks,
+    tests). Raises ``Interrupted`` after Ctrl-C (checkpoint saved), ``ConfigError``/``DataError`` on
+    bad input, ``SaveError`` when the run folder cannot be written (the last checkpoint is intact).
     """
     config = validate(dict(config))
     mode = config.get("xnor_forward", "auto")  # run folders from before the key: auto
@@ -583,6 +711,39 @@ def train(
             on_step=on_step,
         )
         return trainer.run()
+
+
+def resume_run(
+    run_dir: str | os.PathLike,
+    overrides: list[str] | tuple = (),
+    *,
+    verbose: bool = True,
+    stream=None,
+    on_step=None,
+) -> dict:
+    """Continue the run in ``run_dir`` from its ``last.pt`` (recipe, config and position from the
+    checkpoint; ``key=value`` ``overrides`` applied); returns the summary, as ``train`` does.
+
+    A run killed before its first checkpoint starts over in the same folder from its
+    ``config.toml``. ``ConfigError`` (one line) when the folder holds neither: nothing to resume."""
+    folder = RunFolder(run_dir)
+    options = dict(verbose=verbose, stream=stream, on_step=on_step)
+    if folder.last.is_file():
+        ckpt = checkpoint.load(folder.last)
+        config = apply_overrides(ckpt["config"], list(overrides))
+        return train(config, recipe=ckpt["recipe"], source=ckpt.get("source", ""), resume=folder.path, **options)
+    if not folder.config.is_file():
+        raise ConfigError(
+            f"nothing to resume in {run_dir}: expected a run folder with last.pt "
+            f"(or the config.toml of a run stopped before its first checkpoint)"
+        )
+    recipe, config = read_run_config(folder.path)
+    source = read_toml(folder.config.read_text(), str(folder.config)).get("recipe", {}).get("source", "")
+    if verbose and os.environ.get("RANK", "0") == "0":
+        out = stream if stream is not None else sys.stdout
+        out.write(f"no checkpoint in {run_dir} yet: starting the run over\n")
+    config = apply_overrides(config, list(overrides))
+    return train(config, recipe=recipe, source=source, run_dir=folder.path, **options)
 
 
 def format_summary(summary: dict) -> str:

@@ -5,13 +5,16 @@ A run folder ``runs/<recipe>/<timestamp>/`` holds:
     config.toml     the resolved config (+ recipe name and source, and how the batch was divided)
     metrics.csv     one row per epoch: loss, train/test accuracy, lr, gamma, flips, log flip ratio, seconds
     flips.csv       one row per step: flips and log flip ratio, in total and per binary kernel
-    last.pt         checkpoint after every epoch (and on Ctrl-C), written atomically
+    last.pt         checkpoint after every epoch (and on Ctrl-C, and every ``checkpoint_every``), atomically
     best.pt         the checkpoint of the best test accuracy so far
+    model.safetensors  best.pt's model weights as safetensors (written right after best.pt)
     summary.json    test_accuracy (fraction), epochs, wall_seconds, ...
     events.*        TensorBoard events (when tensorboard is installed)
     accuracy.png, flips.png
 
 ``RunFolder(path)`` names these files; ``load_run(path)`` rebuilds the trained model from them.
+Checkpoints are read with ``torch.load(weights_only=True)``: a file in a shared run folder can be
+refused (``CheckpointError``, one line), never run.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ METRICS = "metrics.csv"
 FLIPS = "flips.csv"
 LAST = "last.pt"
 BEST = "best.pt"
+WEIGHTS = "model.safetensors"
 SUMMARY = "summary.json"
 ACCURACY_PLOT = "accuracy.png"
 FLIPS_PLOT = "flips.png"
@@ -66,6 +70,7 @@ class RunFolder:
     flips = property(lambda self: self.path / FLIPS, doc="flips.csv: one row per optimizer step")
     last = property(lambda self: self.path / LAST, doc="last.pt: the latest checkpoint")
     best = property(lambda self: self.path / BEST, doc="best.pt: the checkpoint of the best test accuracy")
+    weights = property(lambda self: self.path / WEIGHTS, doc="model.safetensors: best.pt's model weights")
     summary = property(lambda self: self.path / SUMMARY, doc="summary.json: the end-of-run figures")
     accuracy_plot = property(lambda self: self.path / ACCURACY_PLOT, doc="accuracy.png")
     flips_plot = property(lambda self: self.path / FLIPS_PLOT, doc="flips.png")
@@ -88,7 +93,9 @@ class RunFolder:
 
 
 def new_run_dir(out: str | os.PathLike, recipe: str) -> Path:
-    """A fresh ``out/<recipe>/<YYYYmmdd-HHMMSS>[-N]`` folder."""
+    """A fresh ``out/<recipe>/<YYYYmmdd-HHMMSS>[-N]`` folder. Each name is claimed by ``mkdir``,
+    which only one caller can win: runs started in the same second (threads, processes, hosts
+    sharing the folder) get separate folders, the later ones with ``-1``, ``-2``, ..."""
     base = Path(out) / recipe
     base.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -104,15 +111,20 @@ def new_run_dir(out: str | os.PathLike, recipe: str) -> Path:
 
 class CheckpointSaver:
     """Writes a run's checkpoints atomically: ``last.pt`` every time, ``best.pt`` too when the
-    test accuracy improved. A crash never leaves half a file."""
+    test accuracy improved, and then best.pt's ``state["model"]`` as ``model.safetensors`` (the
+    trained weights for anyone: no pickle, no onebit needed to read them). A crash never leaves
+    half a file (between best.pt and model.safetensors it leaves the previous best's weights)."""
 
     def __init__(self, run_dir: str | os.PathLike | RunFolder):
         self.folder = run_dir if isinstance(run_dir, RunFolder) else RunFolder(run_dir)
 
     def save(self, state: dict, best: bool = False) -> None:
-        checkpoint.save_atomic(state, self.folder.last)
+        # last.pt is written last: it is the commit point a resume continues from (a crash before
+        # it leaves best.pt one epoch ahead, which the resumed run writes again, bit for bit)
         if best:
             checkpoint.save_atomic(state, self.folder.best)
+            checkpoint.save_weights(state["model"], self.folder.weights)
+        checkpoint.save_atomic(state, self.folder.last)
 
 
 def read_run_config(run_dir: str | os.PathLike) -> tuple[str, dict]:
@@ -154,14 +166,17 @@ def restore_run(run_dir: str | os.PathLike, which: str = "best", overrides: dict
     config = validate({**config, **(overrides or {})})
     path = folder.checkpoint(which)
     state = checkpoint.load(path)
-    train_set, test_set = load_data(config)
+    train_set, test_set = load_data(config, verify=False)  # images are decoded when used
     model = build_model(config, len(train_set.classes), train_set.shape)
-    model.load_state_dict(state["model"])
+    checkpoint.load_model_state(model, state["model"], path, f"the run's model {config['model']!r}")
     return RestoredRun(folder, recipe, config, model.eval(), path, state["epoch"], train_set, test_set)
 
 
 def load_run(run_dir: str | os.PathLike, which: str = "best") -> tuple[nn.Module, dict]:
     """(model, config) of a run folder: the model rebuilt from ``config.toml`` with the weights of
-    ``best.pt`` (falling back to ``last.pt``; ``which="last"`` for ``last.pt``), in eval mode."""
+    ``best.pt`` (falling back to ``last.pt``; ``which="last"`` for ``last.pt``), in eval mode.
+
+    The checkpoint is read safely (nothing in it runs); a file that is not a onebit checkpoint, is
+    damaged or does not fit the model raises ``CheckpointError`` (a ``ConfigError``), one line."""
     run = restore_run(run_dir, which)
     return run.model, run.config

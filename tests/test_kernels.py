@@ -1,0 +1,263 @@
+"""onebit.kernels: bit packing, popcount, geometry and the binary conv / dense / pool kernels
+(numpy reference and numba), checked against torch on random shapes (hypothesis)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from onebit.kernels import jit_kernels, out_size, reference, words_for
+from onebit.kernels.bits import pack_bool, pack_sign, popcount, unpack_sign
+
+JIT = jit_kernels()
+KERNELS = [
+    pytest.param(reference, id="numpy"),
+    pytest.param(JIT, id="numba", marks=pytest.mark.skipif(JIT is None, reason="numba not installed")),
+]
+
+SPECIAL = [0.0, -0.0, 1.0, -1.0, 1e-30, -1e-30, 1e-45, -1e-45]
+values32 = st.one_of(st.floats(-1e6, 1e6, width=32), st.sampled_from(SPECIAL))
+channels = st.integers(1, 200)  # mostly not multiples of 64: last words partly used
+leading = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4)
+
+
+def sign_ref(x):
+    return np.where(x >= 0, np.float32(1), np.float32(-1))
+
+
+def pack_ref(bits):
+    """Bit i of word j = bits[..., 64 j + i], one bit at a time."""
+    c = bits.shape[-1]
+    out = np.zeros(bits.shape[:-1] + (words_for(c),), np.uint64)
+    for i in range(c):
+        out[..., i // 64] |= bits[..., i].astype(np.uint64) << np.uint64(i % 64)
+    return out
+
+
+# ------------------------------------------------------------------------------------ bit packing
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data(), leading, channels)
+def test_pack_sign_round_trips_any_shape_and_channel_count(data, lead, c):
+    x = data.draw(hnp.arrays(np.float32, lead + (c,), elements=values32))
+    words = pack_sign(x)
+    assert words.dtype == np.uint64 and words.shape == lead + (words_for(c),)
+    assert np.array_equal(words, pack_ref(x < 0))  # bit 1 iff x < 0: 0 and -0.0 are +1
+    if c % 64:
+        assert not (words[..., -1] >> np.uint64(c % 64)).any()  # the unused bits are 0
+    back = unpack_sign(words, c)
+    assert back.dtype == np.float32 and back.shape == x.shape
+    assert np.array_equal(back, sign_ref(x))
+    assert np.array_equal(pack_sign(back), words)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data(), leading, channels)
+def test_pack_bool_round_trips(data, lead, c):
+    bits = data.draw(hnp.arrays(np.bool_, lead + (c,)))
+    words = pack_bool(bits)
+    assert np.array_equal(words, pack_ref(bits))
+    assert np.array_equal(unpack_sign(words, c) < 0, bits)
+    assert np.array_equal(popcount(words).sum(axis=-1), bits.sum(axis=-1))
+
+
+uint64s = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**63, 2**64 - 1, 2**63 - 1]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(uint64s, min_size=1, max_size=40))
+def test_popcount_equals_counting_bits(values):
+    words = np.array(values, np.uint64)
+    want = np.array([bin(v).count("1") for v in values], np.int64)
+    got = popcount(words)
+    assert got.dtype == np.int64 and np.array_equal(got, want)
+    assert np.array_equal(popcount(words.reshape(1, -1, 1)), want.reshape(1, -1, 1))
+
+
+@pytest.mark.skipif(JIT is None, reason="numba not installed")
+@settings(max_examples=20, deadline=None)
+@given(st.lists(uint64s, min_size=1, max_size=40))
+def test_numba_popcount_intrinsic_equals_counting_bits(values):
+    words = np.array(values, np.uint64)
+    got = _numba_popcounts()(words)
+    assert np.array_equal(got, [bin(v).count("1") for v in values])
+
+
+_POPCOUNTS = []
+
+
+def _numba_popcounts():
+    """An njit loop over ``jit.popcount`` (the intrinsic runs inside numba only), compiled once."""
+    if not _POPCOUNTS:
+        from numba import njit
+
+        pc = JIT.popcount
+
+        @njit
+        def counts(words):
+            out = np.empty(words.shape[0], np.int64)
+            for i in range(words.shape[0]):
+                out[i] = pc(words[i])
+            return out
+
+        _POPCOUNTS.append(counts)
+    return _POPCOUNTS[0]
+
+
+@pytest.mark.skipif(JIT is None, reason="numba not installed")
+@settings(max_examples=30, deadline=None)
+@given(st.data(), hnp.array_shapes(min_dims=3, max_dims=3, min_side=1, max_side=3), channels, st.booleans())
+def test_numba_pack_sign_count_and_unpack_into(data, lead, c, binary):
+    elements = st.sampled_from([-1.0, 1.0]) if binary else values32
+    x = data.draw(hnp.arrays(np.float32, lead + (c,), elements=elements))
+    words, bad = JIT.pack_sign_count(x)
+    assert np.array_equal(words, pack_sign(x))
+    assert bad == int(((x != 1) & (x != -1)).sum())
+    strided = np.ascontiguousarray(x.transpose(0, 3, 1, 2)).transpose(0, 2, 3, 1)  # an NCHW tensor's NHWC view
+    words2, _ = JIT.pack_sign_count(strided)
+    assert np.array_equal(words2, words)
+    out = np.full(x.shape, 7.0, np.float32)
+    JIT.unpack_sign_into(words, out)
+    assert np.array_equal(out, sign_ref(x))
+
+
+# --------------------------------------------------------------------------------------- geometry
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.integers(1, 5),
+    st.integers(1, 4),
+    st.integers(0, 2),
+    st.booleans(),
+)
+def test_out_size_equals_torch_max_pool(size, k, stride, pad, ceil_mode):
+    assume(pad <= k // 2 and size + 2 * pad >= k)
+    y = F.max_pool2d(torch.zeros(1, 1, size, 1), (k, 1), (stride, 1), (pad, 0), ceil_mode=ceil_mode)
+    assert out_size(size, k, stride, 1, pad, pad, ceil_mode) == y.shape[2]
+
+
+# ------------------------------------------------------------------------ binary conv / dense / pool
+
+
+def pm_one(gen, shape):
+    """A random +/-1 float32 tensor."""
+    return torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
+
+
+def thresholds(gen, o):
+    """Random (sgn, thr) of the bits mode: bit = sgn * d < thr."""
+    sgn = np.where(torch.rand(o, generator=gen).numpy() < 0.5, -1, 1)
+    thr = torch.randint(-12, 13, (o,), generator=gen).numpy()
+    return sgn, thr
+
+
+conv_cases = st.fixed_dictionaries(
+    dict(
+        n=st.integers(1, 2),
+        h=st.integers(1, 7),
+        w=st.integers(1, 7),
+        c=st.integers(1, 150),
+        o=st.integers(1, 70),
+        kh=st.integers(1, 4),
+        kw=st.integers(1, 4),
+        stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+        dilation=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+        pads=st.tuples(
+            st.tuples(st.integers(0, 3), st.integers(0, 3)), st.tuples(st.integers(0, 3), st.integers(0, 3))
+        ),
+        pad_value=st.sampled_from([0, 1]),
+        seed=st.integers(0, 2**32 - 1),
+    )
+)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@settings(max_examples=40, deadline=None)
+@given(case=conv_cases)
+def test_binary_conv_equals_torch_conv(kernels, case):
+    """Packed XOR + popcount conv == F.conv2d of the +/-1 tensors padded with the pad value."""
+    n, h, w, c, o, kh, kw = (case[k] for k in ("n", "h", "w", "c", "o", "kh", "kw"))
+    stride, dilation, pads, pad_value = case["stride"], case["dilation"], case["pads"], case["pad_value"]
+    (pt, pb), (pl, pr) = pads
+    ho = out_size(h, kh, stride[0], dilation[0], pt, pb)
+    wo = out_size(w, kw, stride[1], dilation[1], pl, pr)
+    assume(ho > 0 and wo > 0)
+    gen = torch.Generator().manual_seed(case["seed"])
+    x, k = pm_one(gen, (n, c, h, w)), pm_one(gen, (o, c, kh, kw))
+    want = F.conv2d(F.pad(x, (pl, pr, pt, pb), value=float(pad_value)), k, stride=stride, dilation=dilation)
+    want = want.permute(0, 2, 3, 1).numpy()  # NHWC, exact integers
+    xp = pack_sign(x.permute(0, 2, 3, 1).numpy())
+    kp = pack_sign(k.permute(0, 2, 3, 1).numpy())
+    args = (xp, kp, c, stride, dilation, pads, pad_value)
+    got = kernels.bconv2d(*args, "float", np.ones(o, np.float32), np.zeros(o, np.float32))
+    assert got.shape == (n, ho, wo, o) and np.array_equal(got, want)
+    sgn, thr = thresholds(gen, o)
+    bits = kernels.bconv2d(*args, "bits", sgn=sgn, thr=thr)
+    assert np.array_equal(bits, pack_bool(sgn * want < thr))
+
+
+dense_cases = st.fixed_dictionaries(
+    dict(n=st.integers(1, 4), k=st.integers(1, 300), o=st.integers(1, 140), seed=st.integers(0, 2**32 - 1))
+)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@settings(max_examples=40, deadline=None)
+@given(case=dense_cases)
+def test_binary_dense_equals_torch_linear(kernels, case):
+    n, k, o = case["n"], case["k"], case["o"]
+    gen = torch.Generator().manual_seed(case["seed"])
+    x, w = pm_one(gen, (n, k)), pm_one(gen, (o, k))
+    want = F.linear(x, w).numpy()
+    args = (pack_sign(x.numpy()), pack_sign(w.numpy()), k)
+    got = kernels.bdense(*args, "float", np.ones(o, np.float32), np.zeros(o, np.float32))
+    assert got.shape == (n, o) and np.array_equal(got, want)
+    sgn, thr = thresholds(gen, o)
+    assert np.array_equal(kernels.bdense(*args, "bits", sgn=sgn, thr=thr), pack_bool(sgn * want < thr))
+
+
+pool_cases = st.fixed_dictionaries(
+    dict(
+        n=st.integers(1, 2),
+        h=st.integers(1, 8),
+        w=st.integers(1, 8),
+        c=st.integers(1, 150),
+        kernel=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+        stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+        pad=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+        ceil_mode=st.booleans(),
+        seed=st.integers(0, 2**32 - 1),
+    )
+)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@settings(max_examples=40, deadline=None)
+@given(case=pool_cases)
+def test_max_pool_on_bits_equals_torch(kernels, case):
+    """AND channels: torch's max-pool of the +/-1 values; OR channels: its min-pool."""
+    n, h, w, c, kernel, stride, pad = (case[k] for k in ("n", "h", "w", "c", "kernel", "stride", "pad"))
+    assume(
+        all(p <= k // 2 for p, k in zip(pad, kernel)) and h + 2 * pad[0] >= kernel[0] and w + 2 * pad[1] >= kernel[1]
+    )
+    gen = torch.Generator().manual_seed(case["seed"])
+    x = pm_one(gen, (n, c, h, w))
+    use_and = torch.rand(c, generator=gen) < 0.5
+    pool = dict(kernel_size=kernel, stride=stride, padding=pad, ceil_mode=case["ceil_mode"])
+    want = torch.where(use_and[:, None, None], F.max_pool2d(x, **pool), -F.max_pool2d(-x, **pool))
+    want = want.permute(0, 2, 3, 1).numpy()
+    and_mask = pack_bool(use_and.numpy())
+    pads = ((pad[0], pad[0]), (pad[1], pad[1]))
+    got = kernels.maxpool2d_bits(
+        pack_sign(x.permute(0, 2, 3, 1).numpy()), kernel, stride, pads, case["ceil_mode"], and_mask
+    )
+    assert got.shape[:3] == want.shape[:3]
+    assert np.array_equal(unpack_sign(got, c), want)
