@@ -14,7 +14,7 @@ def recipe_help(name: str) -> str:
 
     recipe = load_recipe(name)
     lines = [
-        f"usage: onebit train {name} [key=value ...] [--resume RUN_DIR] [--seed N] [--data-dir PATH] [--jobs N] [--quiet]",
+        f"usage: onebit train {name} [key=value ...] [--resume RUN_DIR] [--seed N] [--seeds N] [--data-dir PATH] [--jobs N] [--quiet]",
         "",
         f"{name}: {recipe.description}",
         f"source: {recipe.source}",
