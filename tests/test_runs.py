@@ -150,3 +150,14 @@ def test_the_console_refuses_a_malicious_checkpoint(tmp_path, run):
     )
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
     assert f"{run.last} is not a onebit checkpoint" in p.stderr and not marker.exists()
+
+
+def test_resume_with_weights_of_another_model_is_one_line(capsys, run):
+    """A last.pt whose model weights do not fit the run's model: one line naming the file."""
+    state = load(run.last)
+    state["model"] = {k: v for k, v in state["model"].items() if "bias" not in k}
+    state["model"]["extra.weight"] = torch.ones(1)
+    torch.save(state, run.last)
+    code, _, err = run_cli(capsys, "train", "--resume", run.path, "epochs=2")
+    refused(code, err, run.last)
+    assert "does not fit the run's model" in err

@@ -272,7 +272,7 @@ class Trainer:
         self.state = TrainState()
         self.committed = None  # (epoch, batch) of the checkpoint in last.pt, when there is one
         if ckpt is not None:
-            self._resume(ckpt)
+            self._resume(ckpt, RunFolder(run_dir).last)
             self.committed = (self.state.epoch, self.state.batch)
         self.checkpoint_steps, self.checkpoint_seconds = checkpoint_interval(config.get("checkpoint_every", "off"))
         self.saved_at = time.monotonic()
@@ -305,9 +305,10 @@ class Trainer:
             c, self.optimizer, self.bop, self.steps_per_epoch, self.steps_per_epoch * self.epochs
         )
 
-    def _resume(self, ckpt: dict) -> None:
-        """Restore weights, optimizer and schedulers, the position and every RNG from a checkpoint."""
-        self.model.load_state_dict(ckpt["model"])
+    def _resume(self, ckpt: dict, path) -> None:
+        """Restore weights, optimizer and schedulers, the position and every RNG from a checkpoint
+        (weights that do not fit the model: one line naming ``path``)."""
+        checkpoint.load_model_state(self.model, ckpt["model"], path, "the run's model")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         for s, sd in zip(self.schedulers, ckpt["schedulers"]):
             s.load_state_dict(sd)
