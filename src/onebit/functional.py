@@ -95,16 +95,18 @@ def sign_and_mask(x: torch.Tensor, clip: float):
     return out, mask
 
 
-class _SteSignFn(torch.autograd.Function):
-    """sign(x) forward; grad * 1{|x| <= clip} backward (identity when clip is None)."""
+class _ClippedSteFn(torch.autograd.Function):
+    """``quantize(x)`` forward; grad * 1{|x| <= clip} backward (identity when clip is None): the
+    clipped straight-through estimator shared by the sign, {0, 1} and ternary quantizers. Only the
+    boolean mask is saved; for the sign it may come from the fused pass (``sign_and_mask``)."""
 
     @staticmethod
-    def forward(ctx, x, clip_value):
-        fused = None if clip_value is None else sign_and_mask(x, clip_value)
+    def forward(ctx, x, quantize, clip_value):
+        fused = sign_and_mask(x, clip_value) if quantize is sign and clip_value is not None else None
         if fused is not None:
             out, mask = fused
         else:
-            out = sign(x)
+            out = quantize(x)
             mask = None if clip_value is None else x.abs() <= clip_value
         ctx.clip = mask is not None
         ctx.save_for_backward(*([mask] if ctx.clip else []))
@@ -113,9 +115,9 @@ class _SteSignFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         if not ctx.clip:
-            return grad, None
+            return grad, None, None
         (mask,) = ctx.saved_tensors
-        return grad * mask, None
+        return grad * mask, None, None
 
 
 def ste_sign(x: torch.Tensor, clip_value: float | None = 1.0) -> torch.Tensor:
@@ -125,31 +127,16 @@ def ste_sign(x: torch.Tensor, clip_value: float | None = 1.0) -> torch.Tensor:
     """
     if not needs_grad(x):
         return sign(x)
-    return _SteSignFn.apply(x, clip_value)
+    return _ClippedSteFn.apply(x, sign, clip_value)
 
 
-class _SteHeavisideFn(torch.autograd.Function):
-    """1{x > 0} forward; the clipped straight-through estimator backward."""
-
-    @staticmethod
-    def forward(ctx, x, clip_value):
-        out = (x > 0).to(x.dtype)
-        ctx.clip = clip_value is not None
-        if ctx.clip:
-            ctx.save_for_backward(x.abs() <= clip_value)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        if not ctx.clip:
-            return grad, None
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None
+def _heaviside(x: torch.Tensor) -> torch.Tensor:
+    return (x > 0).to(x.dtype)
 
 
 def ste_heaviside(x: torch.Tensor, clip_value: float | None = 1.0) -> torch.Tensor:
     """1{x > 0} with the clipped straight-through pseudo-gradient."""
-    return _SteHeavisideFn.apply(x, clip_value)
+    return _ClippedSteFn.apply(x, _heaviside, clip_value)
 
 
 class _SignWithGradFn(torch.autograd.Function):
@@ -174,28 +161,13 @@ def sign_with_derivative(x: torch.Tensor, derivative) -> torch.Tensor:
     return _SignWithGradFn.apply(x, derivative)
 
 
-class _TernFn(torch.autograd.Function):
-    """Ternary forward sign(sign(x + t) + sign(x - t)); clipped STE backward."""
-
-    @staticmethod
-    def forward(ctx, x, threshold, clip_value):
-        out = torch.sign(torch.sign(x + threshold) + torch.sign(x - threshold))
-        ctx.clip = clip_value is not None
-        if ctx.clip:
-            ctx.save_for_backward(x.abs() <= clip_value)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        if not ctx.clip:
-            return grad, None, None
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None, None
-
-
 def ste_tern(x: torch.Tensor, threshold, clip_value: float | None = 1.0) -> torch.Tensor:
     """Ternary {-1, 0, +1}: sign(sign(x + t) + sign(x - t)) (torch.sign, 0 at 0), clipped STE."""
-    return _TernFn.apply(x, threshold, clip_value)
+
+    def tern(v):
+        return torch.sign(torch.sign(v + threshold) + torch.sign(v - threshold))
+
+    return _ClippedSteFn.apply(x, tern, clip_value)
 
 
 class _RoundIdentityFn(torch.autograd.Function):
