@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import os
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -19,7 +21,8 @@ from torch import nn
 
 from ..data import Loader
 from ..layers import QuantLayer
-from ..quantizers import precision_of
+from ..quantizers import is_binary
+from .checkpoint import write_text_atomic
 from .config import ConfigError
 from .loop import train
 from .plots import plot_compare
@@ -120,7 +123,7 @@ def run_sweep(recipe, jobs: int = 1, verbose: bool = True, stream=None) -> dict:
             for run, r in zip(runs, results)
         ],
     }
-    root.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(root.summary, json.dumps(summary, indent=2) + "\n")
     say(f"\nonebit {recipe.name}: done, {len(results)} runs")
     for item in summary["runs"]:
         say(f"  {item['label']:<28} test {100 * (item['test_accuracy'] or 0):6.2f}%")
@@ -136,7 +139,7 @@ def latent_view(model: nn.Module) -> nn.Module:
     binary layer after the first uses its real latent kernel (kernel quantizer and constraint
     removed); the first layer keeps its binary kernel, and input quantizers stay as they are."""
     view = copy.deepcopy(model)
-    binary = [m for m in view.modules() if isinstance(m, QuantLayer) and precision_of(m.kernel_quantizer) == 1]
+    binary = [m for m in view.modules() if isinstance(m, QuantLayer) and is_binary(m.kernel_quantizer)]
     for m in binary[1:]:
         m.kernel_quantizer = None
         m.kernel_constraint = None
@@ -226,9 +229,9 @@ def approximation_viewpoint(recipe, verbose: bool = True, stream=None, run_dir=N
     run = restore_run(summary["run_dir"], "last")
     torch.manual_seed(config["seed"])
     result = _approximation_accuracies(run, config, torch.device("cpu"))
-    run.folder.approximation.write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(run.folder.approximation, json.dumps(result, indent=2) + "\n")
     summary.update({f"accuracy_{k}": v for k, v in result.items()})
-    run.folder.summary.write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(run.folder.summary, json.dumps(summary, indent=2) + "\n")
     if verbose:
         stream.write("\napproximation viewpoint (test accuracy):\n")
         for key, text in APPROXIMATION_ROWS.items():
@@ -251,9 +254,7 @@ def seed_statistics(rows: list[dict]) -> dict:
     stats = {}
     for key in rows[0]:
         values = [float(r[key]) for r in rows if r.get(key) is not None]
-        mean = sum(values) / len(values)
-        std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-        stats[key] = {"mean": mean, "std": std, "n": len(values)}
+        stats[key] = {"mean": statistics.fmean(values), "std": statistics.pstdev(values), "n": len(values)}
     return stats
 
 
@@ -281,13 +282,14 @@ def run_seeds(recipe, verbose: bool = True, stream=None) -> dict:
     keys = [k for k in runs[0] if k not in ("seed", "run_dir")]
     stats = seed_statistics([{k: r[k] for k in keys} for r in runs])
     summary = {"recipe": recipe.name, "seeds": n, "run_dir": str(root.path), "mean_std": stats, "runs": runs}
-    (root.path / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
-    with open(root.path / "seeds.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["seed", *keys])
-        w.writerows([[r["seed"], *(f"{r[k]:.6f}" for k in keys)] for r in runs])
-        for what in ("mean", "std"):
-            w.writerow([what, *(f"{stats[k][what]:.6f}" for k in keys)])
+    write_text_atomic(root.seeds_summary, json.dumps(summary, indent=2) + "\n")
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(["seed", *keys])
+    w.writerows([[r["seed"], *(f"{r[k]:.6f}" for k in keys)] for r in runs])
+    for what in ("mean", "std"):
+        w.writerow([what, *(f"{stats[k][what]:.6f}" for k in keys)])
+    write_text_atomic(root.seeds_table, table.getvalue())
     say(format_seeds(summary))
     return summary
 

@@ -266,13 +266,14 @@ class Trainer:
         ckpt = None
         if resume is not None:
             run_dir = Path(resume)
-            ckpt = checkpoint.load(RunFolder(run_dir).last)
+            last = RunFolder(run_dir).last
+            ckpt = checkpoint.load(last)
         _seed_everything(config["seed"])
         self._build()
         self.state = TrainState()
         self.committed = None  # (epoch, batch) of the checkpoint in last.pt, when there is one
         if ckpt is not None:
-            self._resume(ckpt, RunFolder(run_dir).last)
+            self._resume(ckpt, last)
             self.committed = (self.state.epoch, self.state.batch)
         self.checkpoint_steps, self.checkpoint_seconds = checkpoint_interval(config.get("checkpoint_every", "off"))
         self.saved_at = time.monotonic()

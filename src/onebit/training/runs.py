@@ -52,6 +52,8 @@ ACCURACY_PLOT = "accuracy.png"
 FLIPS_PLOT = "flips.png"
 COMPARE_PLOT = "compare.png"
 APPROXIMATION = "approximation.json"
+SEEDS_SUMMARY = "seeds.json"
+SEEDS_TABLE = "seeds.csv"
 EVENTS = "events.out.tfevents.*"
 CHECKPOINTS = ("best", "last")
 
@@ -76,6 +78,8 @@ class RunFolder:
     flips_plot = property(lambda self: self.path / FLIPS_PLOT, doc="flips.png")
     compare_plot = property(lambda self: self.path / COMPARE_PLOT, doc="compare.png: a sweep's curves")
     approximation = property(lambda self: self.path / APPROXIMATION, doc="approximation.json")
+    seeds_summary = property(lambda self: self.path / SEEDS_SUMMARY, doc="seeds.json: a multi-seed run's figures")
+    seeds_table = property(lambda self: self.path / SEEDS_TABLE, doc="seeds.csv: one row per seed, mean, std")
 
     def events(self) -> list[Path]:
         """The TensorBoard event files, sorted."""
