@@ -29,6 +29,7 @@ from ..kernels import bits as _bits
 from ..kernels.bits import EngineError, pack_bool
 from ..kernels.geometry import same_padding
 from ..layers import Pool2dSame, QuantConv2d, QuantDepthwiseConv2d, QuantLayer, QuantLinear
+from .thresholds import sign_thresholds
 
 __all__ = ["export", "build", "EngineError"]
 
@@ -375,56 +376,6 @@ class _GraphBuilder:
 # --------------------------------------------------------------------------------- lowering
 
 
-def _thresholds(op, chain_bn, k):
-    """Per output channel (sgn, thr) with sign bit = 1 iff sgn * d < thr, for every integer dot d
-    in [-k, k], found by running the torch ops (kernel scale, bias, batch norm) on all of them."""
-    o = op.attrs["weight"].shape[0]
-    kern = op.attrs["kernel"]
-    alpha = torch.from_numpy(kern[1]) if kern[1] is not None else None
-    bias = torch.from_numpy(op.attrs["bias"]) if op.attrs["bias"] is not None else None
-    sgn = np.ones(o, np.int64)
-    thr = np.zeros(o, np.int64)
-    increasing = np.ones(o, bool)
-    step = max(1, (1 << 23) // (2 * k + 1))
-    d = torch.arange(-k, k + 1, dtype=torch.float32)
-    for c0 in range(0, o, step):
-        c1 = min(o, c0 + step)
-        v = d[:, None].expand(-1, c1 - c0).clone()
-        with torch.no_grad():
-            if alpha is not None:
-                v = v * alpha[c0:c1]
-            if bias is not None:
-                v = v + bias[c0:c1]
-            if chain_bn is not None:
-                full = torch.zeros(v.shape[0], o)
-                full[:, c0:c1] = v
-                if isinstance(chain_bn, nn.BatchNorm2d):
-                    full = chain_bn(full[:, :, None, None])[:, :, 0, 0]
-                else:
-                    full = chain_bn(full)
-                v = full[:, c0:c1]
-        neg = (v < 0).numpy()  # (2k+1, channels)
-        count = neg.sum(axis=0)
-        steps = np.diff(neg.astype(np.int8), axis=0)
-        down = (steps <= 0).all(axis=0)  # negatives form a prefix: f increasing in d
-        up = (steps >= 0).all(axis=0)  # negatives form a suffix: f decreasing in d
-        if not (down | up).all():
-            bad = int(np.argmin(down | up)) + c0
-            raise EngineError(
-                f"layer {op.name!r}: batch norm of channel {bad} is not monotone in the "
-                f"dot product; cannot fold it into a threshold"
-            )
-        for j in range(c1 - c0):
-            c = c0 + j
-            if down[j]:  # bit = d < -k + count (count 0: never, 2k+1: always)
-                sgn[c], thr[c] = 1, -k + count[j]
-                increasing[c] = True
-            else:  # bit = d > k - count  <=>  -d < count - k
-                sgn[c], thr[c] = -1, count[j] - k
-                increasing[c] = False
-    return sgn, thr, increasing
-
-
 class _Lowering:
     """Float-semantics ops -> engine ops (JSON-able dicts) and arrays."""
 
@@ -705,7 +656,9 @@ class _Lowering:
         a = layer.attrs
         o = a["weight"].shape[0]
         k = int(np.prod(a["weight"].shape[1:]))
-        sgn, thr, increasing = _thresholds(layer, plan["bn"].module if plan["bn"] else None, k)
+        sgn, thr, increasing = sign_thresholds(
+            layer.name, k, o, alpha=a["kernel"][1], bias=a["bias"], bn=plan["bn"].module if plan["bn"] else None
+        )
         vid = self._binary_layer(layer, {"sgn": sgn.astype(np.int8), "thr": thr.astype(np.int32)}, "bits")
         conv = layer.kind == "conv"
         shape = layer.shape
