@@ -232,9 +232,9 @@ def test_cifar_batches_of_numpy_1_and_protocol_5_load(tmp_path, protocol):
     assert torch.equal(test.images.reshape(2, -1), torch.tensor(raw[b"data"]))
 
 
-def test_damaged_images_are_named_before_training(tmp_path):
-    """Every image is decoded once at load time: a damaged one stops the run before it starts,
-    named, instead of crashing training mid-epoch (docs/reliability.md)."""
+def test_damaged_small_images_are_named_before_training(tmp_path):
+    """Small images are all decoded when the folder is loaded: a damaged one stops the run before
+    it starts, named, instead of crashing training mid-epoch (docs/reliability.md)."""
     pytest.importorskip("PIL")
     write_imagefolder(tmp_path, per_class=3)
     bad = tmp_path / "train" / "dog" / "1.jpg"
@@ -245,8 +245,24 @@ def test_damaged_images_are_named_before_training(tmp_path):
     ) as info:
         load_imagefolder(tmp_path, image_size=24)
     assert "\n" not in str(info.value) and "remove or replace them" in str(info.value)
-    # unchecked (reading a finished run's model), a damaged file is named when it is decoded
-    train, _ = load_imagefolder(tmp_path, image_size=24, verify=False)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_large_image_is_named_and_replaced_while_decoding(tmp_path, workers):
+    """Large images are not decoded at load time (a cheap start); a damaged one is reported with
+    its path when it is reached and the next image stands in, so the epoch goes on."""
+    pytest.importorskip("PIL")
+    write_imagefolder(tmp_path, per_class=3, size=(90, 70))
+    bad = tmp_path / "train" / "dog" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])
+    train, _ = load_imagefolder(tmp_path, image_size=24)
+    seen = []
+    loader = Loader(train, 6, train=True, seed=1, num_workers=workers, report=seen.append)
+    (x, y), *_ = list(loader)
+    loader.close()
+    assert x.shape == (6, 3, 24, 24) and torch.isfinite(x).all()
+    assert len(seen) == 1 and "dog/1.jpg" in seen[0] and "\n" not in seen[0]
+    assert sorted(y.tolist()) == [0, 0, 0, 1, 1, 1]  # dog/2.jpg stands in for dog/1.jpg
     with pytest.raises(DataError, match=r"cannot decode .*dog/1\.jpg"):
         train.get(torch.arange(len(train)))
 
@@ -260,9 +276,9 @@ def test_many_damaged_images_name_three_and_count_the_rest(tmp_path):
         load_imagefolder(tmp_path, image_size=24)
 
 
-@pytest.mark.parametrize("bad", [-5, 0, 2.5, True])
-def test_imagefolder_image_size_must_be_positive(tmp_path, bad):
-    with pytest.raises(DataError, match=f"image_size={bad!r} must be a positive int"):
+@pytest.mark.parametrize("bad", [-5, 2.5, True])
+def test_imagefolder_image_size_must_be_an_int(tmp_path, bad):
+    with pytest.raises(DataError, match=f"image_size={bad!r} must be an int >= 0"):
         load_imagefolder(tmp_path, image_size=bad)
 
 
@@ -271,3 +287,133 @@ def test_labels_must_be_class_indices(tmp_path):
     write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.array([0, 1, 2, 3, 255]))
     with pytest.raises(DataError, match=r"test labels in .*: labels must be 0\.\.9, found 0\.\.255"):
         load_mnist_idx(tmp_path)
+
+
+def _all_batches(loader, start=0):
+    return [(x.clone(), y.clone()) for x, y in loader.batches(start)]
+
+
+def _same(a, b) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, u) and torch.equal(y, v) for (x, y), (u, v) in zip(a, b))
+
+
+def test_workers_give_the_same_batches_bit_for_bit_and_resume_mid_epoch(tmp_path):
+    """0 or 2 worker processes, straight or resumed at batch 2: the same data, bit for bit (the
+    order from (seed, epoch), each batch's augmentation from (seed, epoch, batch, rank))."""
+    pytest.importorskip("PIL")
+    write_imagefolder(tmp_path, per_class=6, size=(90, 70))
+    train, test = load_imagefolder(tmp_path, image_size=24)
+    assert train.decodes_files and "decoded batch by batch" in train.image_note
+    inline = Loader(train, 4, train=True, seed=5)
+    workers = Loader(train, 4, train=True, seed=5, num_workers=2)
+    for epoch in (0, 1):
+        inline.set_epoch(epoch)
+        workers.set_epoch(epoch)
+        full = _all_batches(inline)
+        assert len(full) == 3 and _same(full, _all_batches(workers))
+        assert _same(full[2:], _all_batches(workers, start=2))  # persistent workers, a new start
+    assert not torch.equal(full[0][0], _all_batches(Loader(train, 4, train=True, seed=6))[0][0])
+    # two ranks with workers take the halves of every global batch (augmented by rank)
+    ranks = [Loader(train, 4, train=True, seed=5, rank=r, world_size=2, num_workers=1) for r in range(2)]
+    for r in ranks:
+        r.set_epoch(1)
+    halves = [_all_batches(r) for r in ranks]
+    for b, (_, y) in enumerate(full):
+        assert torch.equal(torch.cat([halves[0][b][1], halves[1][b][1]]), y)
+    alone = Loader(train, 4, train=True, seed=5, rank=1, world_size=2)
+    alone.set_epoch(1)
+    assert _same(halves[1], _all_batches(alone))
+    ev = Loader(test, 5, train=False, num_workers=2)
+    assert _same(_all_batches(ev), _all_batches(Loader(test, 5, train=False)))
+    for loader in (workers, ev, *ranks):
+        loader.close()
+
+
+@pytest.mark.parametrize(
+    "size, image_size, side, small, why",
+    [
+        ((32, 32), 0, 32, True, "the images' own size"),
+        ((40, 30), 0, 224, False, "not square"),
+        ((40, 30), 24, 24, True, "(set)"),
+        ((90, 90), 0, 90, False, "the images' own size"),
+    ],
+)
+def test_image_size_defaults_to_the_images_own_and_small_images_live_in_memory(
+    tmp_path, size, image_size, side, small, why
+):
+    pytest.importorskip("PIL")
+    write_imagefolder(tmp_path, size=size)
+    train, test = load_dataset("imagefolder", tmp_path, image_size=image_size)
+    assert train.shape == test.shape == (3, side, side) and why in train.image_note
+    assert getattr(train, "decodes_files", False) is not small
+    if small:  # decoded once: CIFAR-10's augmentation and [-1, 1] scaling, as the in-memory CIFAR-10
+        assert train.images.dtype == torch.uint8 and train.augment == "pad_crop_flip"
+        x, _ = train.get(torch.arange(4), train=True, generator=torch.Generator().manual_seed(0))
+        assert x.shape == (4, 3, side, side) and x.min() >= -1 and x.max() <= 1
+
+
+def test_small_images_of_another_size_are_resized_and_counted(tmp_path):
+    from PIL import Image
+
+    pytest.importorskip("PIL")
+    write_imagefolder(tmp_path, per_class=40, size=(32, 32))
+    Image.new("RGB", (20, 28)).save(tmp_path / "train" / "cat" / "0a.png")  # a file the size sample skips
+    train, _ = load_imagefolder(tmp_path)
+    assert train.shape == (3, 32, 32) and "1 of 161 images had another size and were resized" in train.image_note
+
+
+@pytest.mark.parametrize("draft", [True, False])
+def test_draft_decoding_keeps_the_picture(tmp_path, draft):
+    """Draft mode decodes a large JPEG at a reduced DCT scale: the crop is still the same picture
+    (a smooth gradient resized either way is within a few grey levels)."""
+    from PIL import Image
+
+    pytest.importorskip("PIL")
+    from onebit.data.decode import centre_box, decode_crop
+
+    ramp = np.tile(np.linspace(0, 255, 800, dtype=np.uint8), (600, 1))
+    Image.fromarray(np.stack([ramp, ramp.T[:600, :600].repeat(2, 1)[:, :800], ramp], -1)).save(
+        tmp_path / "big.jpg", quality=95
+    )
+    with Image.open(tmp_path / "big.jpg") as img:
+        img.draft("RGB", (100, 75))
+        assert img.size == (100, 75)  # the file decodes at 1/8 scale when asked
+    x = decode_crop(tmp_path / "big.jpg", 64, centre_box, draft=draft).float()
+    full = decode_crop(tmp_path / "big.jpg", 64, centre_box, draft=False).float()
+    assert x.shape == (3, 64, 64) and (x - full).abs().mean() < 4
+
+
+def test_an_image_folder_run_resumed_mid_epoch_with_workers_equals_one_without(tmp_path):
+    """Training end to end: 2 worker processes, stopped by Ctrl-C after step 2 and resumed, ends
+    with the weights of a straight run that decodes in the training process."""
+    import signal
+
+    from onebit.training import Interrupted, train
+    from onebit.training.checkpoint import load
+    from onebit.training.config import defaults
+
+    pytest.importorskip("PIL")
+    data = write_imagefolder(tmp_path / "images", per_class=6, size=(90, 70))
+    config = dict(
+        defaults(),
+        dataset="imagefolder",
+        data_dir=str(data),
+        image_size=24,
+        batch_size=4,
+        epochs=2,
+        threads=1,
+        plots=False,
+        tensorboard=False,
+        log_every=1,
+    )
+    straight = train(dict(config, out=str(tmp_path / "a"), num_workers=0), verbose=False)
+
+    def interrupt(epoch, batch, step):
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(Interrupted) as info:
+        train(dict(config, out=str(tmp_path / "b"), num_workers=2), verbose=False, on_step=interrupt)
+    resumed = train(load(info.value.run_dir / "last.pt")["config"], resume=info.value.run_dir, verbose=False)
+    a, b = (load(f"{s['run_dir']}/last.pt")["model"] for s in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a) and resumed["steps"] == straight["steps"] == 6

@@ -15,7 +15,7 @@ from .datasets import (
     mnist5k_path,
     read_idx,
 )
-from .loader import Loader
+from .loader import Loader, default_workers
 from .transforms import pad_crop_flip, random_crop, random_flip, scale_to_unit
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "DataError",
     "ImageFolderDataset",
     "Loader",
+    "default_workers",
     "load_cifar10",
     "load_dataset",
     "load_imagefolder",

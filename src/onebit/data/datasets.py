@@ -5,7 +5,8 @@
 - ``mnist``: the four MNIST idx files (optionally ``.gz``) in ``data_dir``.
 - ``cifar10``: the standard python pickle batches (``cifar-10-batches-py``).
 - ``imagefolder``: ``data_dir/train/<class>/*.png|jpg`` and ``data_dir/test/...`` (or ``val/``),
-  decoded with Pillow (the ``images`` extra) batch by batch.
+  decoded with Pillow (the ``images`` extra): batch by batch (in the loader's worker processes),
+  or once into memory when the images are small (64 pixels or less).
 
 MNIST and CIFAR-10 live in memory as uint8 NCHW tensors; every data set returns float batches
 through ``get(indices, train, generator)`` so one loader serves them all. Problems with a path are
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
-import math
 import os
 import pickle
 import struct
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .decode import centre_box, decode_crop, decode_whole, header_size, random_resized_box, why
 from .transforms import pad_crop_flip, scale_to_unit
 
 __all__ = [
@@ -98,17 +99,26 @@ class ImageFolderDataset:
 
     Training: random-resized crop (area 0.08-1, aspect 3/4-4/3) and horizontal flip; evaluation:
     centre crop of 0.875 of the short side; both resized (bicubic) to ``image_size`` and normalised
-    per channel with the ImageNet mean/std (x 255), as the paper's ImageNet pipeline.
+    per channel with the ImageNet mean/std (x 255), as the paper's ImageNet pipeline. JPEGs decode
+    in draft mode (``draft``; see ``onebit.data.decode``). Files are checked as they are decoded:
+    ``read_batch`` (the loader's path) replaces a damaged image by the next one that decodes and
+    names it, so an epoch never stops on a bad file; ``get`` raises ``DataError`` naming it.
     """
 
-    def __init__(self, paths: list[Path], labels: list[int], classes: list[str], image_size: int = 224):
+    decodes_files = True  # the loader decodes it in worker processes
+
+    def __init__(
+        self, paths: list[Path], labels: list[int], classes: list[str], image_size: int = 224, draft: bool = True
+    ):
         self.paths = list(paths)
         self.labels = torch.tensor(labels, dtype=torch.long)
         self.classes = list(classes)
         self.image_size = int(image_size)
+        self.draft = draft
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         self.augment = True
+        self.image_note = ""  # how image_size was chosen (the run header prints it)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -117,46 +127,53 @@ class ImageFolderDataset:
     def shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
-    def _decode(self, path: Path, train: bool, generator):
-        try:
-            return self._decode_image(path, train, generator)
-        except Exception as e:  # noqa: BLE001 - a file changed after load_imagefolder checked it
-            raise DataError(f"dataset 'imagefolder': cannot decode {path} ({_why(e)})") from None
-
-    def _decode_image(self, path: Path, train: bool, generator):
-        from PIL import Image
-
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            w, h = img.size
-            if train and self.augment:
-                box = _random_resized_box(w, h, generator)
-            else:
-                side = 0.875 * min(w, h)
-                box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-            img = img.resize((self.image_size, self.image_size), Image.BICUBIC, box=box)
-            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-        if train and self.augment and torch.rand((), generator=generator) < 0.5:
+    def _decode(self, i: int, train: bool, generator) -> torch.Tensor:
+        """uint8 (3, S, S) of example ``i``, augmented when ``train``; Pillow's errors pass."""
+        augment = train and self.augment
+        box_of = (lambda w, h: random_resized_box(w, h, generator)) if augment else centre_box
+        x = decode_crop(self.paths[i], self.image_size, box_of, self.draft)
+        if augment and torch.rand((), generator=generator) < 0.5:
             x = x.flip(-1)
         return x
 
+    def _normalise(self, images: list[torch.Tensor]) -> torch.Tensor:
+        return (torch.stack(images).float() - self.mean) / self.std
+
     def get(self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None):
-        x = torch.stack([self._decode(self.paths[i], train, generator) for i in indices.tolist()])
-        return (x.float() - self.mean) / self.std, self.labels[indices]
+        """The float batch (x, y) for ``indices``; ``DataError`` naming a file that does not decode."""
+        images = []
+        for i in indices.tolist():
+            try:
+                images.append(self._decode(i, train, generator))
+            except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for broken files
+                raise DataError(f"dataset 'imagefolder': cannot decode {self.paths[i]} ({why(e)})") from None
+        return self._normalise(images), self.labels[indices]
+
+    def read_batch(self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None):
+        """(x, y, problems): as ``get``, but an image that does not decode is replaced by the next
+        example (in folder order) that does, with its label; ``problems`` holds (path, one line)
+        for each damaged file. Which file stands in depends on the folder only: runs stay exact."""
+        images, labels, problems = [], [], []
+        for i in indices.tolist():
+            for k in range(len(self.paths)):
+                j = (i + k) % len(self.paths)
+                try:
+                    images.append(self._decode(j, train, generator))
+                except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for broken files
+                    problems.append((self.paths[j], _replaced(self.paths[j], e)))
+                    continue
+                labels.append(int(self.labels[j]))
+                break
+            else:
+                raise DataError(f"dataset 'imagefolder': none of the {len(self.paths)} images decodes")
+        return self._normalise(images), torch.tensor(labels, dtype=torch.long), problems
 
 
-def _random_resized_box(w: int, h: int, generator) -> tuple[float, float, float, float]:
-    """A crop box of area 8-100% and aspect ratio 3/4-4/3 (10 tries, then the centre crop)."""
-    for _ in range(10):
-        u = torch.rand(4, generator=generator).tolist()
-        area = w * h * (0.08 + 0.92 * u[0])
-        ratio = math.exp(math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[1])
-        cw, ch = math.sqrt(area * ratio), math.sqrt(area / ratio)
-        if cw <= w and ch <= h:
-            x0, y0 = (w - cw) * u[2], (h - ch) * u[3]
-            return (x0, y0, x0 + cw, y0 + ch)
-    side = 0.875 * min(w, h)
-    return ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+def _replaced(path: Path, e: Exception) -> str:
+    return (
+        f"dataset 'imagefolder': cannot decode {path} ({why(e)}); the next image of the folder stands in "
+        "for it (remove or replace the file)"
+    )
 
 
 # ----------------------------------------------------------------------------------- mnist5k
@@ -360,6 +377,9 @@ def load_cifar10(data_dir: str | os.PathLike):
 
 # ----------------------------------------------------------------------------------- image folder
 
+SMALL_IMAGE = 64  # folders of images this size or smaller are decoded once into memory
+SIZE_SAMPLE = 32  # headers read to find the images' own size
+
 
 def _scan_folder(root: Path, classes: list[str] | None):
     found = sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -378,52 +398,73 @@ def _scan_folder(root: Path, classes: list[str] | None):
     return paths, labels, classes
 
 
-def _why(e: Exception) -> str:
-    """One line: the exception's class and the first line of its message."""
-    text = next((t.strip() for t in str(e).splitlines() if t.strip()), "")
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+def _shared_size(paths: list[Path]) -> tuple[int, int] | None:
+    """(width, height) that a sample of the images' headers all have (evenly spread over the
+    folder; nothing decoded), or None when they differ. Decoding checks the rest."""
+    step = max(1, len(paths) // SIZE_SAMPLE)
+    sizes = {header_size(p) for p in paths[::step][:SIZE_SAMPLE]} - {None}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
-def _image_problem(path: Path) -> str | None:
-    """Why Pillow cannot decode the image file ``path`` (None when it decodes): the whole file is
-    read and decoded, as training would (JPEG at 1/8 scale, which still reads every byte), so
-    truncated and damaged files are found, not only bad headers."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            if img.format == "JPEG":
-                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
-    except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for broken files
-        return _why(e)
-    return None
+def _choose_size(image_size: int, shared: tuple[int, int] | None) -> tuple[int, str]:
+    """(side in pixels, why): ``image_size`` when set, else the images' own side when the sample
+    shares one square size, else 224."""
+    if image_size:
+        return image_size, f"image_size {image_size} (set)"
+    if shared is not None and shared[0] == shared[1]:
+        return shared[0], f"image_size {shared[0]} (the images' own size)"
+    what = f"they are {shared[0]}x{shared[1]}, not square" if shared else "the images differ in size"
+    return 224, f"image_size 224 (default: {what})"
 
 
-def _check_images(paths: list[Path], root: Path, threads: int | None = None) -> None:
-    """``DataError`` naming the files of ``paths`` that do not decode (all are read, in threads:
-    Pillow decodes without the GIL), so a damaged image stops the run before training starts."""
+def _decode_all(paths: list[Path], size: int, root: Path, threads: int | None = None):
+    """(uint8 (N, 3, size, size), how many images had another size): every image decoded once, in
+    threads (Pillow decodes without the GIL). ``DataError`` naming the files that do not decode:
+    everything is decoded before training, so a damaged image stops the run before it starts."""
     from concurrent.futures import ThreadPoolExecutor
 
+    def one(path):
+        try:
+            return decode_whole(path, size)
+        except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for broken files
+            return why(e)
+
     with ThreadPoolExecutor(threads or min(8, os.cpu_count() or 1)) as pool:
-        problems = list(pool.map(_image_problem, paths))
-    bad = [(p, why) for p, why in zip(paths, problems) if why is not None]
+        results = list(pool.map(one, paths))
+    bad = [(p, r) for p, r in zip(paths, results) if isinstance(r, str)]
     if bad:
-        named = "; ".join(f"{p} ({why})" for p, why in bad[:3])
+        named = "; ".join(f"{p} ({r})" for p, r in bad[:3])
         more = f"; and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise DataError(
             f"dataset 'imagefolder': {len(bad)} of {len(paths)} images under {root} cannot be decoded: "
             f"{named}{more}; remove or replace them"
         )
+    resized = sum(own != (size, size) for _, own in results)
+    return torch.from_numpy(np.stack([r[0] for r in results])), resized
 
 
-def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 224, verify: bool = True):
+def _in_memory(parts: dict, classes: list[str], size: int, root: Path) -> tuple[ArrayDataset, ArrayDataset, str]:
+    """Small images: (train, test) decoded once into uint8 arrays, and a note for the header."""
+    paths = parts["train"][0] + parts["test"][0]
+    images, resized = _decode_all(paths, size, root)
+    n = len(parts["train"][0])
+    train = ArrayDataset(images[:n], torch.tensor(parts["train"][1]), classes)
+    test = ArrayDataset(images[n:], torch.tensor(parts["test"][1]), classes)
+    note = f"; {resized} of {len(paths)} images had another size and were resized" if resized else ""
+    return train, test, f"decoded once into memory ({len(paths)} images){note}"
+
+
+def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 0, draft: bool = True):
     """(train, test) from ``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` (or ``val``).
 
-    ``verify`` (default): decode every image once now, and refuse the folder with a ``DataError``
-    naming the files that do not decode (a damaged image never stops training mid-epoch)."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-        raise DataError(f"image_size={image_size!r} must be a positive int (pixels)")
+    ``image_size`` 0: the images' own side when a sample of their headers shares one square size,
+    else 224. Folders of images up to 64 pixels are decoded once into memory (``ArrayDataset``:
+    every image checked now, later epochs cost no decoding; a damaged file stops the run before it
+    starts, named); larger ones are decoded batch by batch (``ImageFolderDataset``: nothing
+    decoded now, a damaged file is named and replaced when it is reached). Both carry
+    ``image_note``: how the size was chosen and how the images are read."""
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 0:
+        raise DataError(f"image_size={image_size!r} must be an int >= 0 (pixels; 0: the images' own size or 224)")
     root = _existing_dir(data_dir, "imagefolder", "a folder with train/<class>/ and test/<class>/ image folders")
     if importlib.util.find_spec("PIL") is None:
         raise DataError("dataset 'imagefolder' decodes images with Pillow: pip install 'onebit[images]'")
@@ -432,11 +473,15 @@ def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 224, verify:
     if not train_root.is_dir() or test_root is None:
         raise DataError(f"dataset 'imagefolder': expected {root}/train/<class>/ and {root}/test/<class>/ (or val/)")
     paths, labels, classes = _scan_folder(train_root, None)
-    train = ImageFolderDataset(paths, labels, classes, image_size)
-    paths, labels, _ = _scan_folder(test_root, classes)
-    test = ImageFolderDataset(paths, labels, classes, image_size)
-    if verify:
-        _check_images(train.paths + test.paths, root)
+    parts = {"train": (paths, labels), "test": _scan_folder(test_root, classes)[:2]}
+    shared = _shared_size(paths)
+    size, why_size = _choose_size(image_size, shared)
+    if shared is not None and max(shared) <= SMALL_IMAGE and size <= SMALL_IMAGE:
+        train, test, how = _in_memory(parts, classes, size, root)
+    else:
+        train, test = (ImageFolderDataset(*parts[s], classes, size, draft=draft) for s in ("train", "test"))
+        how = "decoded batch by batch"
+    train.image_note = test.image_note = f"{why_size}, {how}"
     return train, test
 
 
@@ -458,22 +503,23 @@ def load_dataset(
     image_size: int = 0,
     augment: str = "auto",
     pad: int = 4,
-    verify: bool = True,
+    draft: bool = True,
 ):
     """(train, test) data sets by name: mnist5k (bundled), mnist, cifar10, imagefolder.
 
     ``augment`` (training batches only): "auto" is each data set's default (CIFAR-10:
     pad_crop_flip; image folders: random-resized crop + flip; MNIST: none), or none, pad_crop,
-    pad_crop_flip with ``pad`` pixels of padding (image folders: anything but none keeps theirs).
-    ``image_size``: image folders' side in pixels (0: 224). ``verify``: image folders decode every
-    image once at load time and refuse damaged files (see ``load_imagefolder``).
+    pad_crop_flip with ``pad`` pixels of padding (large-image folders: anything but none keeps
+    theirs; small-image folders, held in memory, take CIFAR-10's: auto is pad_crop_flip).
+    ``image_size``: image folders' side in pixels (0: the images' own size, else 224; see
+    ``load_imagefolder``). ``draft``: JPEG draft-mode decoding of large-image folders.
     """
     if augment not in ("auto",) + AUGMENTATIONS:
         raise DataError(f"augment={augment!r}; allowed: auto, {', '.join(AUGMENTATIONS)}")
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
         raise DataError(f"pad={pad!r} must be an int >= 0 (pixels)")
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 0:
-        raise DataError(f"image_size={image_size!r} must be an int >= 0 (pixels; 0: 224)")
+        raise DataError(f"image_size={image_size!r} must be an int >= 0 (pixels; 0: the images' own size or 224)")
     if name == "mnist5k":
         train, test = load_mnist5k()
     elif name == "mnist":
@@ -481,9 +527,11 @@ def load_dataset(
     elif name == "cifar10":
         train, test = load_cifar10(data_dir)
     elif name == "imagefolder":
-        train, test = load_imagefolder(data_dir, image_size or 224, verify=verify)
-        train.augment = augment != "none"
-        return train, test
+        train, test = load_imagefolder(data_dir, image_size, draft=draft)
+        if isinstance(train, ImageFolderDataset):
+            train.augment = augment != "none"
+            return train, test
+        augment = "pad_crop_flip" if augment == "auto" else augment  # small images: CIFAR-10's
     else:
         raise DataError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
     if augment != "auto":

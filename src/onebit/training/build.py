@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import constraints, quantizers
-from ..data import load_dataset
+from ..data import default_workers, load_dataset
 from ..layers import QuantLayer, binary_parameters, real_parameters
 from ..metrics import FlipCounter
 from ..models import create_model, list_models, model_info
@@ -18,6 +18,7 @@ from .config import ConfigError
 
 __all__ = [
     "load_data",
+    "data_workers",
     "build_model",
     "build_optimizer",
     "schedule_factor",
@@ -27,18 +28,18 @@ __all__ = [
 ]
 
 
-def load_data(config: dict, verify: bool = True):
-    """(train, test) data sets of a config (dataset, data_dir, image_size, augment). ``verify``:
-    image folders decode every image once now and refuse damaged files (training needs this;
-    reading a finished run's model for export does not)."""
+def load_data(config: dict):
+    """(train, test) data sets of a config (dataset, data_dir, image_size, augment, augment_pad)."""
     return load_dataset(
-        config["dataset"],
-        config["data_dir"],
-        config["image_size"],
-        config["augment"],
-        config["augment_pad"],
-        verify=verify,
+        config["dataset"], config["data_dir"], config["image_size"], config["augment"], config["augment_pad"]
     )
+
+
+def data_workers(config: dict, processes_per_machine: int = 1) -> int:
+    """Worker processes per training process: ``num_workers``, or (-1) this process's share of
+    the cores (``onebit.data.default_workers``)."""
+    n = config.get("num_workers", -1)  # run folders from before the key: auto
+    return default_workers(processes_per_machine) if n < 0 else n
 
 
 def _kernel_quantizer(config: dict):

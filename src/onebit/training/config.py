@@ -171,8 +171,14 @@ FIELDS: dict[str, Field] = {
         Field(
             "image_size",
             0,
-            "input side in pixels for image folders (0: 224)",
+            "input side in pixels for image folders (0: the images' own size when they share one, else 224)",
             check=Range(16, 4096, also=(0,)),
+        ),
+        Field(
+            "num_workers",
+            -1,
+            "worker processes decoding image files, per training process (-1: auto, the process's share of the cores, at most 8; 0: in the training process)",
+            check=Range(-1, 256),
         ),
         # model
         Field("model", "small_cnn", "zoo model name (onebit list)", check=_zoo_model),

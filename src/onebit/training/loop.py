@@ -39,7 +39,7 @@ from ..data import Loader
 from ..layers import popcount
 from ..metrics import LOG_EPS
 from . import checkpoint, distributed
-from .build import FlipSource, build_model, build_optimizer, build_schedulers, load_data
+from .build import FlipSource, build_model, build_optimizer, build_schedulers, data_workers, load_data
 from .config import ConfigError, apply_overrides, checkpoint_interval, read_toml, to_toml, validate
 from .progress import Progress
 from .runs import CheckpointSaver, RunFolder, new_run_dir, read_run_config
@@ -293,12 +293,15 @@ class Trainer:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.optimizer, self.bop = build_optimizer(c, self.model)
-        self.train_loader = Loader(
-            self.train_set, c["batch_size"], train=True, seed=c["seed"], rank=d.rank, world_size=d.world_size
+        self.loader_options = dict(
+            rank=d.rank,
+            world_size=d.world_size,
+            num_workers=data_workers(c, d.local_world_size if d.enabled else 1),
+            pin_memory=self.device.type == "cuda",
+            report=self._warn,
         )
-        self.test_loader = Loader(
-            self.test_set, max(c["batch_size"], 256), train=False, rank=d.rank, world_size=d.world_size
-        )
+        self.train_loader = Loader(self.train_set, c["batch_size"], train=True, seed=c["seed"], **self.loader_options)
+        self.test_loader = Loader(self.test_set, max(c["batch_size"], 256), train=False, **self.loader_options)
         n = len(self.train_loader)
         self.steps_per_epoch = n if not c["max_steps"] else min(n, c["max_steps"])
         self.epochs = c["epochs"]
@@ -380,6 +383,11 @@ class Trainer:
             f"{len(self.test_set)} test), {opt}, batch {c['batch_size']}{split}, {self.epochs} epochs, "
             f"{self.flip_source.numel:,} binary weights"
         )
+        note = getattr(self.train_set, "image_note", "")
+        if note:
+            workers = self.train_loader.num_workers
+            auto = " (num_workers auto: this process's share of the cores)" if self.config["num_workers"] < 0 else ""
+            self._say(f"data: {note}" + (f", {workers} worker processes{auto}" if workers else ""))
         if resumed:
             self._say(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, batch {self.state.batch}")
         else:
@@ -388,6 +396,13 @@ class Trainer:
     def _say(self, text: str) -> None:
         if self.verbose and self.main:
             self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def _warn(self, text: str) -> None:
+        """A warning from any process (each rank decodes its own images)."""
+        if self.verbose:
+            rank = f"[rank {self.dist.rank}] " if self.dist.enabled else ""
+            self.stream.write(f"\n{rank}warning: {text}\n")
             self.stream.flush()
 
     # ------------------------------------------------------------------------------ training
@@ -400,15 +415,15 @@ class Trainer:
                 for epoch in range(self.state.epoch, self.epochs):
                     self._end_epoch(self._train_epoch(epoch))
         finally:
+            self.train_loader.close()
+            self.test_loader.close()
             if self.writer is not None:
                 self.writer.close()
         return self._finish()
 
     def _train_epoch(self, epoch: int) -> _Epoch:
         ep = self._begin_epoch(epoch)
-        for b, (x, y) in enumerate(self.train_loader.batches(ep.start), start=ep.start):
-            if b >= self.steps_per_epoch:
-                break
+        for b, (x, y) in enumerate(self.train_loader.batches(ep.start, self.steps_per_epoch), start=ep.start):
             self._step(ep, b, x, y)
             if self._stopping(b):
                 self._interrupt(ep, b + 1)
@@ -525,9 +540,7 @@ class Trainer:
         if c["bn_reestimate"]:
             # the same number of examples on every rank (synchronized batch norms need equal batch counts)
             n = (c["bn_reestimate"] if c["bn_reestimate"] > 0 else len(self.train_set)) // d.world_size
-            plain = Loader(
-                self.train_set, self.test_loader.batch_size, train=False, rank=d.rank, world_size=d.world_size
-            )
+            plain = Loader(self.train_set, self.test_loader.batch_size, train=False, **self.loader_options)
             reestimate_batchnorm(self.model, plain, self.device, n, self.channels_last)
         # every rank evaluates (and rank 0 saves) the same statistics: averaged over ranks,
         # or rank 0's when batch norms are synchronized

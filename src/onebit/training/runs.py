@@ -170,7 +170,7 @@ def restore_run(run_dir: str | os.PathLike, which: str = "best", overrides: dict
     config = validate({**config, **(overrides or {})})
     path = folder.checkpoint(which)
     state = checkpoint.load(path)
-    train_set, test_set = load_data(config, verify=False)  # images are decoded when used
+    train_set, test_set = load_data(config)
     model = build_model(config, len(train_set.classes), train_set.shape)
     checkpoint.load_model_state(model, state["model"], path, f"the run's model {config['model']!r}")
     return RestoredRun(folder, recipe, config, model.eval(), path, state["epoch"], train_set, test_set)
