@@ -217,7 +217,20 @@ def test_progress_bar_redraws_on_a_terminal(tmp_path):
     out = Terminal()
     train(tiny(tmp_path, max_steps=4, log_every=2), recipe="tty", stream=out)
     text = out.getvalue()
-    assert "\r" in text and "[" in text and "loss" in text and "test accuracy" in text
+    bars = [part for part in text.split("\r") if "|" in part]
+    assert bars and "4/4" in bars[-1] and "steps/s" in bars[-1] and "loss" in bars[-1] and "acc" in bars[-1]
+    assert "test accuracy" in text
+
+
+def test_progress_is_one_plain_line_per_epoch_off_a_terminal(tmp_path):
+    import io
+
+    out = io.StringIO()
+    train(tiny(tmp_path, epochs=2, max_steps=3, log_every=1), recipe="log", stream=out)
+    text = out.getvalue()
+    epochs = [line for line in text.splitlines() if line.startswith("epoch ")]
+    assert "\r" not in text and len(epochs) == 2, text
+    assert epochs[0].startswith("epoch 1/2 loss") and "test" in epochs[1]
 
 
 def test_channels_last_speedup_keeps_the_loss_curve(tmp_path):

@@ -448,9 +448,12 @@ class Trainer:
             ep.flips.copy_(partial["flips"])
             ep.seconds = partial["seconds"]
         ep.progress = Progress(
-            self.steps_per_epoch, f"epoch {epoch + 1}/{self.epochs}", self.stream, enabled=self.verbose and self.main
+            self.steps_per_epoch,
+            f"epoch {epoch + 1}/{self.epochs}",
+            self.stream,
+            enabled=self.verbose and self.main,
+            start=ep.start,
         )
-        ep.progress.update(ep.start)
         ep.t0 = time.perf_counter()
         return ep
 
@@ -468,7 +471,7 @@ class Trainer:
             distributed.check_replicas(self.flip_source.params, self.flip_source.names, self.dist, self.state.step)
         if (b + 1) % self.config["log_every"] == 0 and self.live_progress:
             s = distributed.all_reduce_sum(ep.sums.clone(), self.dist).tolist()
-            ep.progress.update(b + 1, f"loss {s[0] / s[2]:.4f} acc {100 * s[1] / s[2]:.2f}%")
+            ep.progress.update(b + 1, loss=s[0] / s[2], acc=s[1] / s[2])
         else:
             ep.progress.update(b + 1)
         if self.on_step is not None:
