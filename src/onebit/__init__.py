@@ -1,10 +1,10 @@
 """onebit: binarized neural networks in PyTorch, trained with Bop.
 
 Public API (re-exports, plus ``load_run``): quantizers, quantized layers, constraints, optimizers,
-metrics, the model zoo and summary, the bit-packed engine, ``settings`` (every process-wide
-switch), ``xnor`` (the popcount-forward switch under its short name) and ``load_run`` (a trained
-run's model; it imports the training code when called). Without torch installed only
-``onebit.engine`` (the numpy runtime of exported files) is available.
+metrics, the model zoo and summary, ``from_larq`` (Larq / Keras model files), the bit-packed
+engine, ``settings`` (every process-wide switch), ``xnor`` (the popcount-forward switch under its
+short name) and ``load_run`` (a trained run's model; it imports the training code when called).
+Without torch installed only ``onebit.engine`` (the numpy runtime of exported files) is available.
 """
 
 try:
@@ -32,7 +32,7 @@ else:
         real_parameters,
     )
     from .model_summary import ModelSummary, summary
-    from .models import create_model, list_models
+    from .models import KerasImportError, create_model, from_larq, list_models
 
 __version__ = "0.1.0"
 
@@ -62,6 +62,8 @@ __all__ = [
     "create_model",
     "functional",
     "engine",
+    "from_larq",
+    "KerasImportError",
     "export_onnx",
     "list_models",
     "load_run",

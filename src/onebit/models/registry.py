@@ -84,8 +84,11 @@ def model_info(name: str) -> ModelInfo:
     return _MODELS[name]
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build the registered model ``name`` with keyword arguments (e.g. ``num_classes=10``)."""
+def create_model(name: str, weights=None, **kwargs) -> nn.Module:
+    """Build the registered model ``name`` with keyword arguments (e.g. ``num_classes=10``).
+
+    ``weights``: a Larq Zoo / Keras weights file (``.h5`` or ``.keras``) to load into the model
+    (``onebit.models.larq_zoo_weights``; needs h5py, not TensorFlow); the model is then in eval mode."""
     info = model_info(name)
     unknown = sorted(k for k in kwargs if not info.accepts(k))
     if unknown:
@@ -98,4 +101,8 @@ def create_model(name: str, **kwargs) -> nn.Module:
             raise ValueError(f"model {name!r}: {key}={value!r} must be an int >= 1")
     model = info.builder(**kwargs)
     model.name = name  # shown by onebit.summary
+    if weights is not None:
+        from .larq_zoo_weights import load_larq_weights
+
+        load_larq_weights(model, weights)
     return model
