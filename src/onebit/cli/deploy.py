@@ -54,18 +54,19 @@ def cmd_export(argv: list[str]) -> int:
         ),
     )
     p.add_argument("run_dir", help="a run folder (runs/<recipe>/<timestamp>) or a zoo model name")
-    p.add_argument("file", help="the engine file to write (e.g. model.obe)")
+    p.add_argument("file", help="the file to write: model.obe (onebit's engine) or model.tflite (Larq Compute Engine)")
     p.add_argument("--which", default="best", choices=["best", "last"], help="checkpoint (default best)")
     p.add_argument("--input-size", help="C,H,W; needed for a zoo model name (random weights)")
     p.add_argument("--onnx", metavar="PATH", help="also write a standard ONNX graph to PATH")
     a = p.parse_args(argv)
-    from ..engine import export
+    from ..engine import export, export_lce
 
     model, size = _model_and_size(a.run_dir, a.which, a.input_size)
-    report = export(model, a.file, size)
+    lce = a.file.lower().endswith(".tflite")  # the suffix chooses the format
+    report = (export_lce if lce else export)(model, a.file, size)
     ratio = f"; {report['size_ratio']:.3f} x onebit.summary's model size" if "size_ratio" in report else ""
     print(
-        f"wrote {a.file}: {report['file_bytes']:,} bytes, {report['ops']} ops, binary kernels "
+        f"wrote {a.file}{' (Larq Compute Engine)' if lce else ''}: {report['file_bytes']:,} bytes, {report['ops']} ops, binary kernels "
         f"{report['binary_weight_bits'] // 8:,} bytes{ratio}"
     )
     if a.onnx:

@@ -7,15 +7,26 @@
 
 Binary layers run as XOR + popcount on 64-bit words and, when a batch norm and a sign follow,
 write packed bits through per-channel integer thresholds; their outputs equal torch's exactly.
-``export_onnx`` writes a standard ONNX graph instead (onnxruntime, float arithmetic).
+``export_onnx`` writes a standard ONNX graph instead (onnxruntime, float arithmetic);
+``export_lce`` a ``.tflite`` file for Larq Compute Engine (binary kernels for ARM phones and boards).
 
-This package imports no torch: ``export`` and ``export_onnx`` import it when called.
+This package imports no torch: ``export``, ``export_onnx`` and ``export_lce`` import it when called.
 """
 
 from ..kernels.bits import EngineError, pack_sign, unpack_sign
 from .runtime import Runtime, available_backends, load
 
-__all__ = ["EngineError", "Runtime", "available_backends", "export", "export_onnx", "load", "pack_sign", "unpack_sign"]
+__all__ = [
+    "EngineError",
+    "Runtime",
+    "available_backends",
+    "export",
+    "export_lce",
+    "export_onnx",
+    "load",
+    "pack_sign",
+    "unpack_sign",
+]
 
 
 def export(model, path, input_size) -> dict:
@@ -30,3 +41,10 @@ def export_onnx(model, path, input_size=None, **kwargs):
     from .onnx_export import export_onnx as _export_onnx
 
     return _export_onnx(model, path, input_size=input_size, **kwargs)
+
+
+def export_lce(model, path, input_size) -> dict:
+    """Write ``model`` as a Larq Compute Engine ``.tflite`` file; see ``onebit.engine.lce_export.export_lce``."""
+    from .lce_export import export_lce as _export_lce
+
+    return _export_lce(model, path, input_size)
