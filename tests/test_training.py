@@ -203,8 +203,29 @@ def test_bad_overrides(override, match):
 
 def test_tensorboard_events(tmp_path):
     pytest.importorskip("tensorboard")
-    s = train(tiny(tmp_path, tensorboard=True, max_steps=2), recipe="tb", verbose=False)
-    assert list(__import__("pathlib").Path(s["run_dir"]).glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    s = train(tiny(tmp_path, tensorboard=True, epochs=2, max_steps=3), recipe="tb", verbose=False)
+    run_dir = __import__("pathlib").Path(s["run_dir"])
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # hparams too: no sub-folder
+    assert not [p for p in run_dir.iterdir() if p.is_dir()]
+    events = EventAccumulator(str(run_dir)).Reload()
+    scalars = events.Tags()["scalars"]
+    for name in ("loss", "lr", "gamma", "threshold", "log_flip_ratio"):
+        points = events.Scalars(f"step/{name}")
+        assert [p.step for p in points] == [1, 2, 3, 4, 5, 6], name
+    # the linear schedules decay step by step: gamma of step 1 is the recipe's, then smaller
+    gammas = [p.value for p in events.Scalars("step/gamma")]
+    assert gammas[0] == pytest.approx(load_recipe("mnist-bop").config["gamma"]) and gammas[-1] < gammas[0]
+    losses = [p.value for p in events.Scalars("step/loss")]
+    assert all(math.isfinite(v) and v > 0 for v in losses)
+    assert [p.step for p in events.Scalars("epoch/test_accuracy")] == [1, 2]
+    assert {"epoch/train_loss", "epoch/lr", "epoch/gamma"} <= set(scalars)
+    final = events.Scalars("hparam/test_accuracy")
+    assert len(final) == 1 and final[0].value == pytest.approx(s["test_accuracy"])
+    plugin = events.PluginTagToContent("hparams")
+    session = [v for k, v in plugin.items() if "session_start" in k]
+    assert session and b"small_cnn" in session[0] and b"gamma" in session[0]
 
 
 def test_progress_bar_redraws_on_a_terminal(tmp_path):
@@ -366,3 +387,21 @@ def test_config_toml_round_trip(tmp_path):
     assert read_run_config(tmp_path) == ("x", config)
     with pytest.raises(ConfigError, match=r"^broken.toml is not valid TOML: "):
         read_toml("[config\nx = ", "broken.toml")
+
+
+def test_tensorboard_steps_of_a_resumed_epoch(tmp_path):
+    """Ctrl-C after step 3 of 4, then resume: every step is logged once, at its own number."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def interrupt(epoch, batch, step):
+        if step == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    config = tiny(tmp_path, tensorboard=True, epochs=2)
+    with pytest.raises(Interrupted) as info:
+        train(config, recipe="tb", verbose=False, on_step=interrupt)
+    train(config, recipe="tb", resume=info.value.run_dir, verbose=False)
+    events = EventAccumulator(str(info.value.run_dir)).Reload()
+    for name in ("loss", "gamma", "log_flip_ratio"):
+        assert sorted(p.step for p in events.Scalars(f"step/{name}")) == [1, 2, 3, 4, 5, 6, 7, 8], name

@@ -44,6 +44,7 @@ from .config import ConfigError, apply_overrides, checkpoint_interval, read_toml
 from .progress import Progress
 from .runs import CheckpointSaver, RunFolder, new_run_dir, read_run_config
 from .step import evaluate, make_train_step, reestimate_batchnorm, to_device
+from .tensorboard import open_tensorboard
 
 __all__ = [
     "Interrupted",
@@ -69,7 +70,6 @@ METRIC_COLUMNS = [
     "log_flip_ratio",
     "seconds",
 ]
-TENSORBOARD_KEYS = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "gamma", "log_flip_ratio")
 
 
 class Interrupted(Exception):
@@ -188,16 +188,6 @@ def _position(epoch: int, batch: int) -> str:
     return f"the end of epoch {epoch}" if batch == 0 else f"epoch {epoch + 1}, batch {batch}"
 
 
-def _tensorboard(run_dir: Path, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is an optional extra
-        return None
-    return SummaryWriter(str(run_dir))
-
-
 def _fmt_pct(x) -> str:
     return "  -   " if x is None else f"{100 * x:6.2f}%"
 
@@ -231,6 +221,7 @@ class _Epoch:
     seconds: float = 0.0
     progress: Progress | None = None
     t0: float = 0.0
+    curves: list = field(default_factory=list)  # per step (TensorBoard only): (schedules, loss on the device)
 
     def lap(self) -> None:
         now = time.perf_counter()
@@ -342,7 +333,7 @@ class Trainer:
             except OSError as e:
                 error = f"cannot write the run folder {run_dir or self.config['out']}: {_reason(e)}"
             else:
-                self.writer = _tensorboard(run_dir, self.config["tensorboard"])
+                self.writer = open_tensorboard(run_dir, self.config["tensorboard"])
         run_dir, error = distributed.broadcast_object((str(run_dir), error) if self.main else None, self.dist)
         if error is not None:
             raise SaveError(error)
@@ -414,6 +405,9 @@ class Trainer:
             with _StopFlag(self.stream) as self.stop:
                 for epoch in range(self.state.epoch, self.epochs):
                     self._end_epoch(self._train_epoch(epoch))
+            if self.writer is not None and self.state.history:
+                final = dict(self.state.history[-1], best_test_accuracy=self.state.best)
+                self.writer.hparams(self.config, final, self.state.step)
         finally:
             self.train_loader.close()
             self.test_loader.close()
@@ -460,7 +454,10 @@ class Trainer:
     def _step(self, ep: _Epoch, b: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step on batch ``b``; metrics stay on the device (read at log points)."""
         x, y = to_device(x, self.device, self.channels_last), y.to(self.device, non_blocking=True)
+        schedules = self._schedules() if self.writer is not None else None  # the values this step uses
         loss, correct = self.train_step(x, y)
+        if schedules is not None:
+            ep.curves.append((schedules, loss))
         ep.sums[0] += loss.double() * len(y)
         ep.sums[1] += correct
         ep.sums[2] += len(y)
@@ -509,7 +506,7 @@ class Trainer:
         ep.lap()
         total = distributed.all_reduce_sum(ep.sums.clone(), self.dist)
         partial = {"sums": total.cpu(), "flips": ep.flips.cpu(), "seconds": ep.seconds}
-        self._commit(ep.index, batch, partial)
+        self._commit(ep.index, batch, partial, logs=lambda: self._log_steps(ep))
         ep.t0 = time.perf_counter()  # the epoch's seconds leave out the saving
 
     # ------------------------------------------------------------------------------ epoch end
@@ -528,7 +525,7 @@ class Trainer:
         if improved:
             st.best, st.best_epoch = test_acc, ep.index + 1
         st.epoch, st.batch, st.partial = ep.index + 1, 0, None
-        self._commit(st.epoch, 0, None, best=improved, logs=lambda: self._log_epoch(row, flips))
+        self._commit(st.epoch, 0, None, best=improved, logs=lambda: self._log_epoch(row, flips, ep))
         flip_text = f"  log flip ratio {row['log_flip_ratio']:.2f}" if self.flip_source.numel else ""
         ep.progress.finish(
             f"loss {row['train_loss']:.4f}  train {_fmt_pct(row['train_accuracy'])}  "
@@ -557,8 +554,7 @@ class Trainer:
         """The epoch's metrics.csv row from the global sums [loss, correct, count] and the flips."""
         n_binary = self.flip_source.numel
         mean_ratio = float(flips.sum(1).mean()) / n_binary if n_binary else 0.0
-        optimizers = self.optimizer.optimizers if self.bop is not None else [self.optimizer]
-        lrs = [g["lr"] for o in optimizers if o is not self.bop for g in o.param_groups]
+        schedules = self._schedules()
         return {
             "epoch": ep.index + 1,
             "step": self.state.step,
@@ -566,27 +562,43 @@ class Trainer:
             "train_accuracy": round(s[1] / s[2], 6),
             "test_loss": None if test_loss is None else round(test_loss, 6),
             "test_accuracy": None if test_acc is None else round(test_acc, 6),
-            "lr": lrs[0] if lrs else None,
-            "gamma": self.bop.gamma if self.bop is not None else None,
+            "lr": schedules["lr"],
+            "gamma": schedules.get("gamma"),
             "flips": int(flips.sum()),
             "log_flip_ratio": round(math.log(mean_ratio + LOG_EPS), 6) if n_binary else None,
             "seconds": round(ep.seconds, 3),
         }
 
-    def _log_epoch(self, row: dict, flips: np.ndarray) -> None:
-        """metrics.csv (rewritten), flips.csv (appended) and TensorBoard scalars."""
+    def _schedules(self) -> dict:
+        """The schedules' current values: the real-valued optimizer's lr; Bop's gamma and threshold."""
+        optimizers = self.optimizer.optimizers if self.bop is not None else [self.optimizer]
+        lrs = [g["lr"] for o in optimizers if o is not self.bop for g in o.param_groups]
+        values = {"lr": lrs[0] if lrs else None}
+        if self.bop is not None:
+            values.update(gamma=self.bop.gamma, threshold=self.bop.threshold)
+        return values
+
+    def _log_epoch(self, row: dict, flips: np.ndarray, ep: _Epoch) -> None:
+        """metrics.csv (rewritten), flips.csv (appended) and TensorBoard."""
         n_binary = max(self.flip_source.numel, 1)
         _write_metrics(self.folder.metrics, self.state.history)
         first = self.state.step - len(flips)
         _append_flips(self.folder.flips, self.flip_source.names, first, row["epoch"], flips, n_binary)
-        if self.writer is None:
+        if self.writer is not None:
+            self._log_steps(ep)
+            self.writer.epoch(row, flips, self.flip_source.numel)
+
+    def _log_steps(self, ep: _Epoch) -> None:
+        """TensorBoard's per-step loss (rank 0's batch under torchrun) and schedules of the steps
+        since the last call (at the epoch's end, and at a mid-epoch checkpoint)."""
+        if self.writer is None or not ep.curves:
             return
-        for key in TENSORBOARD_KEYS:
-            if row[key] is not None:
-                self.writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
-        for i, total in enumerate(flips.sum(1)):
-            self.writer.add_scalar("step/log_flip_ratio", math.log(total / n_binary + LOG_EPS), first + i + 1)
-        self.writer.flush()
+        curves = {"loss": torch.stack([loss for _, loss in ep.curves]).float().cpu().numpy()}
+        for name, value in ep.curves[0][0].items():
+            if value is not None:
+                curves[name] = np.array([schedules[name] for schedules, _ in ep.curves])
+        self.writer.steps(curves, self.state.step)
+        ep.curves.clear()
 
     def _commit(self, epoch: int, batch: int, partial, best: bool = False, logs=None) -> None:
         """Rank 0 writes the epoch's files (``logs``), best.pt when ``best``, then last.pt: the
