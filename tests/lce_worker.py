@@ -3,7 +3,8 @@
 Started by tests/test_lce_export.py with a Python that has ``larq-compute-engine`` and numpy < 2
 (LCE's interpreter module is built against numpy 1). It loads the interpreter's extension module
 by path, so the package's ``__init__`` (which imports TensorFlow for the converter) never runs.
-IN is a .npz of NHWC float32 inputs (one per sample); OUT gets the outputs, stacked, as .npy.
+IN is a .npz of NHWC float32 inputs (one per sample); OUT gets the outputs of each of LCE's
+binary convolution kernels (optimized BGEMM, indirect BGEMM, reference), stacked, as a .npz.
 """
 
 import importlib.util
@@ -24,13 +25,21 @@ def lce_interpreter():
     return module
 
 
+# LCE's three LceBconv2d kernels: (use_reference_bconv, use_indirect_bgemm)
+KERNELS = {"bgemm": (False, False), "indirect_bgemm": (False, True), "reference": (True, False)}
+
+
 def main(model_path, inputs_path, outputs_path):
     with open(model_path, "rb") as f:
         model = f.read()
-    interpreter = lce_interpreter().LiteInterpreter(model, 1, False, False, False)
+    lite = lce_interpreter()
     inputs = np.load(inputs_path)["x"]
-    outputs = [interpreter.predict([np.ascontiguousarray(x[None], np.float32)])[0] for x in inputs]
-    np.save(outputs_path, np.concatenate(outputs))
+    results = {}
+    for kernel, (reference, indirect) in KERNELS.items():
+        interpreter = lite.LiteInterpreter(model, 1, reference, indirect, False)
+        outputs = [interpreter.predict([np.ascontiguousarray(x[None], np.float32)])[0] for x in inputs]
+        results[kernel] = np.concatenate(outputs)
+    np.savez(outputs_path, **results)
 
 
 if __name__ == "__main__":

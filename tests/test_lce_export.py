@@ -249,13 +249,15 @@ needs_lce = pytest.mark.skipif(
 )
 
 
-def run_lce(path, x: np.ndarray, tmp_path) -> np.ndarray:
-    """LCE's interpreter on the NCHW batch ``x`` (one sample at a time, NHWC), in LCE's Python."""
+def run_lce(path, x: np.ndarray, tmp_path) -> dict[str, np.ndarray]:
+    """LCE's interpreter on the NCHW batch ``x`` (one sample at a time, NHWC), in LCE's Python:
+    the outputs of each of its binary convolution kernels."""
     np.savez(tmp_path / "in.npz", x=x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)
     subprocess.run(
-        [LCE_PYTHON, str(WORKER), str(path), str(tmp_path / "in.npz"), str(tmp_path / "out.npy")], check=True
+        [LCE_PYTHON, str(WORKER), str(path), str(tmp_path / "in.npz"), str(tmp_path / "out.npz")], check=True
     )
-    return np.load(tmp_path / "out.npy")
+    with np.load(tmp_path / "out.npz") as outputs:
+        return dict(outputs)
 
 
 def check_against_lce(model, size, tmp_path, samples=3):
@@ -266,16 +268,17 @@ def check_against_lce(model, size, tmp_path, samples=3):
     x = torch.randn((samples,) + tuple(size[1:]), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ref = model(x).numpy()
-    out = run_lce(path, x.numpy(), tmp_path)
+    outputs = run_lce(path, x.numpy(), tmp_path)
     engine.export(model, tmp_path / "m.obe", (samples,) + tuple(size[1:]))
     ours = engine.load(tmp_path / "m.obe")(x.numpy())
     if ref.ndim == 4:
         ref, ours = ref.transpose(0, 2, 3, 1), ours.transpose(0, 2, 3, 1)
     scale = max(1.0, float(np.abs(ref).max()))
-    assert out.shape == ref.shape
-    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5 * scale)
-    np.testing.assert_allclose(out, ours, rtol=0, atol=2e-5 * scale)
-    return float(np.abs(out - ref).max())
+    assert sorted(outputs) == ["bgemm", "indirect_bgemm", "reference"]
+    for out in outputs.values():
+        assert out.shape == ref.shape
+        np.testing.assert_allclose(out, ref, rtol=0, atol=2e-5 * scale)
+        np.testing.assert_allclose(out, ours, rtol=0, atol=2e-5 * scale)
 
 
 ZOO = [
