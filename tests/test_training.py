@@ -4,6 +4,7 @@ schedules, flips for Bop and latent weights, atomic checkpoints."""
 import csv
 import json
 import math
+import re
 import signal
 
 import pytest
@@ -405,3 +406,27 @@ def test_tensorboard_steps_of_a_resumed_epoch(tmp_path):
     events = EventAccumulator(str(info.value.run_dir)).Reload()
     for name in ("loss", "gamma", "log_flip_ratio"):
         assert sorted(p.step for p in events.Scalars(f"step/{name}")) == [1, 2, 3, 4, 5, 6, 7, 8], name
+
+
+def test_data_wait_is_measured_and_reported(tmp_path, monkeypatch):
+    """The time the step waits for its batch: metrics.csv's data_seconds (part of seconds), the
+    epoch line's share. A loader that sleeps 20 ms per batch makes the wait at least that."""
+    import io
+    import time
+
+    import onebit.data.loader as loader_module
+
+    fetch = loader_module._fetch
+
+    def slow(*args):
+        time.sleep(0.02)
+        return fetch(*args)
+
+    monkeypatch.setattr(loader_module, "_fetch", slow)
+    out = io.StringIO()
+    s = train(tiny(tmp_path, epochs=2), recipe="mnist-bop", stream=out)
+    rows = list(csv.DictReader(open(f"{s['run_dir']}/metrics.csv")))
+    for row in rows:
+        assert 4 * 0.02 <= float(row["data_seconds"]) <= float(row["seconds"])
+    lines = [line for line in out.getvalue().splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and all(re.search(r"s  data wait \d+\.\d%$", line) for line in lines), lines

@@ -69,6 +69,7 @@ METRIC_COLUMNS = [
     "flips",
     "log_flip_ratio",
     "seconds",
+    "data_seconds",
 ]
 
 
@@ -219,6 +220,7 @@ class _Epoch:
     sums: torch.Tensor
     flips: torch.Tensor
     seconds: float = 0.0
+    data_seconds: float = 0.0  # of ``seconds``: the time the step waited for its batch
     progress: Progress | None = None
     t0: float = 0.0
     curves: list = field(default_factory=list)  # per step (TensorBoard only): (schedules, loss on the device)
@@ -227,6 +229,22 @@ class _Epoch:
         now = time.perf_counter()
         self.seconds += now - self.t0
         self.t0 = now
+
+    def data_wait(self) -> float:
+        """The share of the epoch's training time spent waiting for data (so far)."""
+        elapsed = self.seconds + time.perf_counter() - self.t0
+        return self.data_seconds / elapsed if elapsed > 0 else 0.0
+
+    def timed(self, batches):
+        """``batches``, adding the time spent waiting for each to ``data_seconds``."""
+        batches = iter(batches)
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            self.data_seconds += time.perf_counter() - t
+            if batch is None:
+                return
+            yield batch
 
 
 class Trainer:
@@ -417,7 +435,7 @@ class Trainer:
 
     def _train_epoch(self, epoch: int) -> _Epoch:
         ep = self._begin_epoch(epoch)
-        for b, (x, y) in enumerate(self.train_loader.batches(ep.start, self.steps_per_epoch), start=ep.start):
+        for b, (x, y) in enumerate(ep.timed(self.train_loader.batches(ep.start, self.steps_per_epoch)), ep.start):
             self._step(ep, b, x, y)
             if self._stopping(b):
                 self._interrupt(ep, b + 1)
@@ -441,6 +459,7 @@ class Trainer:
             ep.sums.copy_(partial["sums"])
             ep.flips.copy_(partial["flips"])
             ep.seconds = partial["seconds"]
+            ep.data_seconds = partial.get("data_seconds", 0.0)  # checkpoints from before the column: 0
         ep.progress = Progress(
             self.steps_per_epoch,
             f"epoch {epoch + 1}/{self.epochs}",
@@ -468,7 +487,7 @@ class Trainer:
             distributed.check_replicas(self.flip_source.params, self.flip_source.names, self.dist, self.state.step)
         if (b + 1) % self.config["log_every"] == 0 and self.live_progress:
             s = distributed.all_reduce_sum(ep.sums.clone(), self.dist).tolist()
-            ep.progress.update(b + 1, loss=s[0] / s[2], acc=s[1] / s[2])
+            ep.progress.update(b + 1, loss=s[0] / s[2], acc=s[1] / s[2], data_wait=ep.data_wait())
         else:
             ep.progress.update(b + 1)
         if self.on_step is not None:
@@ -505,7 +524,7 @@ class Trainer:
         batch to continue from (a resume goes on from there bit for bit)."""
         ep.lap()
         total = distributed.all_reduce_sum(ep.sums.clone(), self.dist)
-        partial = {"sums": total.cpu(), "flips": ep.flips.cpu(), "seconds": ep.seconds}
+        partial = {"sums": total.cpu(), "flips": ep.flips.cpu(), "seconds": ep.seconds, "data_seconds": ep.data_seconds}
         self._commit(ep.index, batch, partial, logs=lambda: self._log_steps(ep))
         ep.t0 = time.perf_counter()  # the epoch's seconds leave out the saving
 
@@ -529,7 +548,8 @@ class Trainer:
         flip_text = f"  log flip ratio {row['log_flip_ratio']:.2f}" if self.flip_source.numel else ""
         ep.progress.finish(
             f"loss {row['train_loss']:.4f}  train {_fmt_pct(row['train_accuracy'])}  "
-            f"test {_fmt_pct(row['test_accuracy'])}{flip_text}  {ep.seconds:.1f}s"
+            f"test {_fmt_pct(row['test_accuracy'])}{flip_text}  {ep.seconds:.1f}s",
+            data_wait=ep.data_wait(),
         )
 
     def _evaluate(self, epoch: int) -> tuple[float | None, float | None]:
@@ -567,6 +587,7 @@ class Trainer:
             "flips": int(flips.sum()),
             "log_flip_ratio": round(math.log(mean_ratio + LOG_EPS), 6) if n_binary else None,
             "seconds": round(ep.seconds, 3),
+            "data_seconds": round(ep.data_seconds, 3),
         }
 
     def _schedules(self) -> dict:
