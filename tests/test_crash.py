@@ -141,9 +141,12 @@ def the_run(out: Path) -> Path:
     return run_dir
 
 
-def rows(path: Path, drop: str | None = None) -> list[dict]:
+TIMINGS = ("seconds", "data_seconds")  # wall-clock columns: differ between any two runs
+
+
+def rows(path: Path, drop: tuple = ()) -> list[dict]:
     with open(path, newline="") as f:
-        return [{k: v for k, v in r.items() if k != drop} for r in csv.DictReader(f)]
+        return [{k: v for k, v in r.items() if k not in drop} for r in csv.DictReader(f)]
 
 
 def same(a, b) -> bool:
@@ -158,7 +161,7 @@ def same(a, b) -> bool:
 
 
 def without_seconds(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+    return [{k: v for k, v in row.items() if k not in TIMINGS} for row in history]
 
 
 def assert_same_run(run_dir: Path, reference: Path) -> None:
@@ -169,7 +172,7 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         assert same(a[key], b[key]), key
     assert without_seconds(a["history"]) == without_seconds(b["history"])
     assert same(load(run_dir / "best.pt")["model"], load(reference / "best.pt")["model"])
-    assert rows(run_dir / "metrics.csv", drop="seconds") == rows(reference / "metrics.csv", drop="seconds")
+    assert rows(run_dir / "metrics.csv", drop=TIMINGS) == rows(reference / "metrics.csv", drop=TIMINGS)
     assert (run_dir / "flips.csv").read_text() == (reference / "flips.csv").read_text()
     figures = ("test_accuracy", "best_test_accuracy", "best_epoch", "train_accuracy", "epochs", "steps")
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (run_dir, reference))
