@@ -98,6 +98,7 @@ def test_train_eval_plot_resume(capsys, tmp_path):
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 2
     code, out, _ = run_cli(capsys, "plot", str(run_dir), str(run_dir), "--out", str(tmp_path / "cmp.png"))
     assert code == 0 and (run_dir / "accuracy.png").is_file() and (tmp_path / "cmp.png").is_file()
+    assert (run_dir / "accuracy.pdf").is_file() and (tmp_path / "cmp.pdf").is_file()
     engine_file = tmp_path / "model.obe"
     code, out, err = run_cli(capsys, "export", str(run_dir), str(engine_file))
     assert code == 0 and engine_file.is_file(), err
@@ -491,6 +492,36 @@ def test_damaged_metrics_csv(capsys, tmp_path, metrics, match):
     if code == 0:  # extra cells are read as None: drawn without them
         return
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err and match in err, err
+
+
+def test_plot_labels_name_the_compared_runs(capsys, tmp_path, monkeypatch):
+    from onebit.training import plots
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a, b = _run_folder(tmp_path / "a"), _run_folder(tmp_path / "b")
+    for run in (a, b):
+        (run / "metrics.csv").write_text("epoch,step,train_accuracy,test_accuracy\n1,10,0.5,0.6\n2,20,0.7,0.8\n")
+    legends = {}
+    original = plots._save
+
+    def keep(plt, fig, path):
+        legends[path.name] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return original(plt, fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    out = tmp_path / "cmp.png"
+    code, _, err = run_cli(capsys, "plot", str(a), str(b), "--label", "Bop", "--label", "Adam", "--out", str(out))
+    assert code == 0 and legends["cmp.png"] == ["Bop", "Adam"], err
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [(["--label", "only one"], "1 --label for 2 runs"), (["--out", "cmp.svg"], "must be a .png file")],
+)
+def test_plot_refuses_bad_options(capsys, tmp_path, extra, match):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    a, b = _run_folder(tmp_path / "a"), _run_folder(tmp_path / "b")
+    refused(capsys, "plot", str(a), str(b), *extra, match=match)
 
 
 def test_plot_of_a_folder_without_metrics(capsys, tmp_path):

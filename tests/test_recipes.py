@@ -40,6 +40,7 @@ def test_every_recipe_is_documented():
         "cifar10-binarynet-bop",
         "cifar10-binarynet-bop-re",
         "cifar10-bop-sweep",
+        "mnist-bop-sweep",
         "imagenet-binary-alexnet-bop",
         "imagenet-xnornet-bop",
         "imagenet-birealnet-bop",
@@ -96,15 +97,19 @@ def test_train_recipe_runs_a_step(tmp_path, name):
     assert all(torch.isfinite(v.float()).all() for v in model.values())
 
 
-def test_bop_sweep_runs_all_and_plots(tmp_path):
-    recipe = load_recipe("cifar10-bop-sweep")
+@pytest.mark.parametrize("name, n_runs", [("cifar10-bop-sweep", 5), ("mnist-bop-sweep", 7)])
+def test_bop_sweep_runs_all_and_plots(tmp_path, name, n_runs):
+    recipe = load_recipe(name)
     recipe = recipe.with_overrides(TINY + data_overrides(recipe, tmp_path) + [f"out={tmp_path / 'runs'}"])
     summary = run_sweep(recipe, verbose=False)
-    assert len(summary["runs"]) == 5
-    root = tmp_path / "runs" / "cifar10-bop-sweep"
+    assert len(summary["runs"]) == n_runs
+    root = tmp_path / "runs" / name
     (sweep_dir,) = list(root.iterdir())
-    assert (sweep_dir / "compare.png").is_file() and json.loads((sweep_dir / "summary.json").read_text())["epochs"] == 1
-    assert len([d for d in sweep_dir.iterdir() if (d / "metrics.csv").is_file()]) == 5
+    assert (sweep_dir / "compare.png").is_file() and (sweep_dir / "compare.pdf").is_file()
+    assert json.loads((sweep_dir / "summary.json").read_text())["epochs"] == 1
+    assert len([d for d in sweep_dir.iterdir() if (d / "metrics.csv").is_file()]) == n_runs
+    # one column per swept hyperparameter: the gamma study and the threshold study
+    assert {g for run in summary["runs"] for g in run["group"]} == {g for run in recipe.runs for g in run["group"]}
 
 
 def test_lr_invariance_is_the_studys_five_configurations():

@@ -153,14 +153,27 @@ def cmd_eval(argv: list[str]) -> int:
 
 @command
 def cmd_plot(argv: list[str]) -> int:
-    """onebit plot RUN_DIR [RUN_DIR ...]: each run's plots, and a comparison of several."""
+    """onebit plot RUN_DIR [RUN_DIR ...] [--label NAME ...]: each run's figures, and a comparison
+    of several."""
     p = Parser(
         prog="onebit plot",
-        description="Draw accuracy.png and flips.png for each run; with several runs also a comparison.",
+        description="Draw accuracy.png and flips.png (each with a PDF twin) for each run; with several runs also "
+        "a comparison: test accuracy on top, log flip ratio below.",
     )
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", default=COMPARE_PLOT, help=f"comparison PNG for several runs (default {COMPARE_PLOT})")
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="NAME",
+        help="the comparison's legend name of each run, in order (once per run; default the runs' recipes)",
+    )
+    p.add_argument("--title", help="the comparison's title (default the recipes and their shared settings)")
     args = p.parse_args(argv)
+    if args.label is not None and len(args.label) != len(args.run_dirs):
+        raise UsageError(f"{len(args.label)} --label for {len(args.run_dirs)} runs: give one --label per run")
+    if not args.out.lower().endswith(".png"):
+        raise UsageError(f"--out {args.out}: must be a .png file (a .pdf is written next to it)")
     from ..training.plots import plot_compare, plot_run
 
     try:
@@ -168,8 +181,8 @@ def cmd_plot(argv: list[str]) -> int:
             for path in plot_run(d):
                 print(path)
         if len(args.run_dirs) > 1:
-            print(plot_compare(args.run_dirs, args.out))
-    except (ValueError, KeyError, csv.Error) as e:  # a damaged metrics.csv / flips.csv, an --out of no image type
+            print(plot_compare(args.run_dirs, args.out, labels=args.label, title=args.title))
+    except (ValueError, KeyError, csv.Error) as e:  # a damaged metrics.csv / flips.csv
         what = f"missing column {e}" if isinstance(e, KeyError) else one_line(e)
         raise UsageError(
             f"cannot plot {' '.join(args.run_dirs)}: {what} (a damaged metrics.csv or flips.csv?)"
