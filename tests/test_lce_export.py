@@ -213,6 +213,18 @@ class _MeliusLike(nn.Module):
         return y + torch.nn.functional.pad(w, (0, 0, 0, 0, y.shape[1] - w.shape[1], 0))
 
 
+class _Gated(nn.Module):
+    """A binary conv scaled per channel by sigmoid(dense(mean of its input)), as Real-to-Binary Net."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = QuantConv2d(cin, cout, 3, padding="same", **BIN)
+        self.scale = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, cout), nn.Sigmoid())
+
+    def forward(self, x):
+        return self.conv(x) * self.scale(x)[:, :, None, None]
+
+
 @pytest.mark.parametrize(
     "model,size,match",
     [
@@ -328,6 +340,9 @@ ZOO = [
     ("birealnet18", {"num_classes": 10}, (1, 3, 32, 32)),
     ("binary_resnet_e18", {"num_classes": 10}, (1, 3, 32, 32)),
     ("quicknet_small", {"num_classes": 10}, (1, 3, 32, 32)),
+    ("meliusnet22", {"num_classes": 10}, (1, 3, 32, 32)),
+    ("binary_densenet28", {"num_classes": 10}, (1, 3, 32, 32)),
+    ("real_to_binary_net", {"num_classes": 10}, (1, 3, 32, 32)),
 ]
 
 
@@ -408,6 +423,11 @@ LAYER_CASES = {
         ),
         (1, 3, 16, 16),
     ),  # fmt: skip
+    # data-dependent gating and PReLU (Real-to-Binary Net's blocks)
+    "gating-prelu": (
+        lambda: _sign_net(nn.Conv2d(3, 8, 3, padding=1), nn.PReLU(8, init=0.1), _Gated(8, 16), nn.PReLU()),
+        (1, 3, 6, 6),
+    ),
     # concatenation and channel padding (MeliusNet / Binary DenseNet blocks)
     "concat-pad": (_MeliusLike, (1, 8, 6, 6)),
     # a 2-D input: binary dense layers only

@@ -224,6 +224,11 @@ class _LceGraphBuilder(_GraphBuilder):
     def _module(self, node, m):
         if isinstance(m, nn.Conv2d) and m.groups != 1:
             return self._grouped(node, m)
+        if isinstance(m, nn.PReLU):
+            alpha = m.weight.detach().float().numpy().copy()
+            return self._add("prelu", node, [self._arg(node, node.args[0])], m, alpha=alpha)
+        if isinstance(m, nn.Sigmoid):
+            return self._add("sigmoid", node, [self._arg(node, node.args[0])], m)
         return super()._module(node, m)
 
     def _grouped(self, node, m):
@@ -266,6 +271,16 @@ class _LceGraphBuilder(_GraphBuilder):
             return self._add("concat", node, [self._arg(node, t) for t in tensors], name=node.name)
         if node.target is F.pad and node.name in self.shapes:
             return self._constant_pad(node)
+        if node.target in (operator.mul, torch.mul) and node.name in self.shapes:
+            a, b = node.args
+            if not (isinstance(a, fx.Node) and isinstance(b, fx.Node) and len(self.shapes[node.name]) == 4):
+                raise EngineError(f"op {node.name!r}: LCE export multiplies two feature maps only")
+            return self._add("mul", node, [self._arg(node, a), self._arg(node, b)], name=node.name)
+        if node.target is operator.getitem and node.name in self.shapes:
+            index = (slice(None), slice(None), None, None)
+            if len(self.shapes[node.args[0].name]) != 2 or node.args[1] != index:
+                raise EngineError(f"op {node.name!r}: indexing {node.args[1]}; LCE export supports [:, :, None, None]")
+            return self._add("unsqueeze", node, [self._arg(node, node.args[0])], name=node.name)
         return super()._function(node)
 
     def _static(self, a):
@@ -658,6 +673,30 @@ class _LceLowering:
     def _concat(self, op):
         values = [self.materialize(self.float_of(self.env[i])) for i in op.inputs]
         self.env[op.out] = self.concat([v.tensor for v in values], _nhwc(op.shape), op.name)
+
+    def _prelu(self, op):
+        v = self.materialize(self.float_of(self.env[op.inputs[0]]))
+        c = v.shape[-1]
+        alpha = np.broadcast_to(op.attrs["alpha"], (c,)).astype(np.float32)
+        alpha = alpha.reshape((1, 1, c) if len(v.shape) == 4 else (c,))
+        t = self.emit("PRELU", [v.tensor, self.w.const(alpha, op.name + "/alpha")], v.shape, np.float32, op.name)
+        self.env[op.out] = _Val(t, "float", v.shape)
+
+    def _sigmoid(self, op):
+        v = self.float_of(self.env[op.inputs[0]])
+        self.env[op.out] = _Val(
+            self.emit("LOGISTIC", [v.tensor], v.shape, np.float32, op.name), "float", v.shape, v.flat
+        )
+
+    def _unsqueeze(self, op):  # (N, C) -> torch's (N, C, 1, 1), NHWC (N, 1, 1, C)
+        v = self.materialize(self.float_of(self.env[op.inputs[0]]))
+        self.env[op.out] = self.reshape(v, (v.shape[0], 1, 1, v.shape[1]), op.name)
+
+    def _mul(self, op):
+        x, y = (self.materialize(self.float_of(self.env[i])) for i in op.inputs)
+        shape = _nhwc(op.shape)
+        t = self.emit("MUL", [x.tensor, y.tensor], shape, np.float32, op.name, options=("MulOptions", {}))
+        self.env[op.out] = _Val(t, "float", shape)
 
     def _pad(self, op):
         v = self.real(op)
