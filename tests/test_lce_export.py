@@ -177,6 +177,16 @@ def test_thresholds_give_torchs_signs(negative):
     assert np.array_equal(popcount > thresholds, torch_bits)
 
 
+def test_quicknet_blocks_fold_relu_and_batch_norm_into_the_binary_conv():
+    ops, _, _ = parse(build_lce(create_model("quicknet_small", num_classes=10), (1, 3, 32, 32))[0])
+    bconvs = [o for o in ops if o[0] == "LceBconv2d"]
+    assert len(bconvs) == 16
+    for _, _, outs, options in bconvs:  # x + bn(relu(conv(x))): the conv's output goes to the ADD
+        assert options["fused_activation_function"] == tflite.ActivationFunctionType.RELU
+        assert options["pad_values"] == 1 and options["padding"] == tflite.Padding.SAME
+        assert [o[0] for o in ops if outs[0] in o[1]] == ["ADD"]
+
+
 def test_binary_dense_stays_one_bit(tmp_path):
     model = create_model("binarynet", num_classes=10)
     report = export_lce(model, tmp_path / "b.tflite", (1, 3, 32, 32))
@@ -428,6 +438,23 @@ LAYER_CASES = {
         lambda: _sign_net(nn.Conv2d(3, 8, 3, padding=1), nn.PReLU(8, init=0.1), _Gated(8, 16), nn.PReLU()),
         (1, 3, 6, 6),
     ),
+    # relu and batch norm after a scaled binary conv: LCE's fused activation clamps the dot
+    "conv-relu-bn": (
+        lambda: _sign_net(
+            QuantConv2d(
+                3,
+                8,
+                3,
+                padding="same",
+                pad_values=1.0,
+                input_quantizer="ste_sign",
+                kernel_quantizer="magnitude_aware_sign",
+            ),
+            nn.ReLU(),
+            nn.BatchNorm2d(8),
+        ),
+        (1, 3, 5, 5),
+    ),  # fmt: skip
     # concatenation and channel padding (MeliusNet / Binary DenseNet blocks)
     "concat-pad": (_MeliusLike, (1, 8, 6, 6)),
     # a 2-D input: binary dense layers only

@@ -464,7 +464,7 @@ class _LceLowering:
 
     # -- binary layers ----------------------------------------------------------------------------
 
-    def bconv(self, op, src: _Val, *, thresholds=None, flip=None, mul=None, add=None) -> _Val:
+    def bconv(self, op, src: _Val, *, thresholds=None, flip=None, mul=None, add=None, relu=False) -> _Val:
         """``LceBconv2d`` of a binary conv / dense op on a sign or bits value: packed bits out
         through ``thresholds`` (bit = popcount(x XOR w) > threshold), else float out through the
         post-activation ``mul`` / ``add``. A dense layer is one window over its whole input."""
@@ -492,7 +492,7 @@ class _LceLowering:
             "channels_in": int(x.shape[3]),
             "dilation_height_factor": int(dilation[0]),
             "dilation_width_factor": int(dilation[1]),
-            "fused_activation_function": 0,
+            "fused_activation_function": 1 if relu else 0,  # tflite.ActivationFunctionType RELU / NONE
             "pad_values": int(pad_value),
             "padding": padding,
             "stride_height": int(stride[0]),
@@ -569,31 +569,36 @@ class _LceLowering:
             v = _Val(v.tensor, "sign", v.shape, v.flat)
         self.env[plan["sign"].out] = v
 
-    def _sole_bn(self, op):
-        """The batch norm that alone reads ``op``'s output (folded into it), else None."""
+    def _sole_reader(self, op, kind):
+        """The op of ``kind`` that alone reads ``op``'s output (to fold into the binary layer before
+        it), else None; a batch norm only with the layer's channel count."""
         readers = [c for c in self.ops if op.out in c.inputs]
-        if op.out == self.output or len(readers) != 1 or readers[0].kind != "bn" or self.uses[op.out] != 1:
+        if op.out == self.output or len(readers) != 1 or readers[0].kind != kind or self.uses[op.out] != 1:
             return None
-        bn = readers[0]
-        return bn if bn.module.num_features == op.attrs["weight"].shape[0] else None
+        reader = readers[0]
+        return None if kind == "bn" and reader.module.num_features != self.channels else reader
 
     def _binary(self, op):
         """A binary layer with a float output: kernel scale, bias and a sole batch norm folded
-        into LCE's post-activation multiplier and bias."""
+        into LCE's post-activation multiplier and bias, and a relu between them (QuickNet's
+        blocks) into its fused activation, which clamps the dot: relu(alpha * d) = alpha * relu(d)."""
         a = op.attrs
-        o = a["weight"].shape[0]
+        o = self.channels = a["weight"].shape[0]
         mul = a["kernel"][1] if a["kernel"][1] is not None else np.ones(o, np.float32)
         add = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
-        bn = self._sole_bn(op)
+        zero_padding = op.kind == "conv" and int(a["pad_value"]) == 0 and any(v for p in a["padding"] for v in p)
+        # LCE's optimized kernels zero-pad only without a fused activation
+        relu = self._sole_reader(op, "relu") if a["bias"] is None and not zero_padding else None
+        bn = self._sole_reader(relu or op, "bn")
         if bn is not None:
             mul, add = mul * bn.attrs["mul"], add * bn.attrs["mul"] + bn.attrs["add"]
-            self.absorbed.add(id(bn))
-        v = self.bconv(op, self.env[op.inputs[0]], mul=mul, add=add)
+        v = self.bconv(op, self.env[op.inputs[0]], mul=mul, add=add, relu=relu is not None)
         if op.kind == "linear":
             v = self.reshape(v, (v.shape[0], o), op.name + "/2d")
-        self.env[op.out] = v
-        if bn is not None:
-            self.env[bn.out] = v
+        for folded in (op, relu, bn):
+            if folded is not None:
+                self.absorbed.add(id(folded))
+                self.env[folded.out] = v
 
     # -- float layers -----------------------------------------------------------------------------
 
