@@ -166,3 +166,11 @@ def test_model_info_gives_the_builders_defaults(name):
 def test_model_info_of_an_unknown_model_lists_the_zoo():
     with pytest.raises(ValueError, match="unknown model 'resnet50'; available: .*binarynet"):
         ob.models.model_info("resnet50")
+
+
+def test_meliusnet22_batch_norm_is_larq_zoos():
+    """Larq Zoo's MeliusNet normalises with Keras momentum 0.9 and epsilon 1e-5 (not Keras' 1e-3
+    default): with 1e-3 Larq Zoo's weights give other logits."""
+    norms = [m for m in ob.create_model("meliusnet22").modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 41  # stem 3, two per block (17 blocks), transitions 3, head 1
+    assert all(m.eps == 1e-5 and m.momentum == pytest.approx(0.1) for m in norms)

@@ -10,6 +10,9 @@ from ..layers import QuantConv2d
 from .common import Pool2dSame, global_pool_head, init_kernel, keras_bn
 from .registry import register_model
 
+# Larq Zoo's MeliusNet normalises with momentum 0.9 (Keras convention) and epsilon 1e-5.
+_BN = dict(momentum=0.9, eps=1e-5)
+
 
 def _conv(in_channels, out_channels, kernel_size, stride=1, groups=1, quant=None):
     return init_kernel(
@@ -36,9 +39,9 @@ class MeliusBlock(nn.Module):
 
     def __init__(self, in_channels: int, quant: dict, growth: int = 64):
         super().__init__()
-        self.bn_dense = keras_bn(in_channels, 0.9)
+        self.bn_dense = keras_bn(in_channels, **_BN)
         self.conv_dense = _conv(in_channels, growth, 3, quant=quant)
-        self.bn_improve = keras_bn(in_channels + growth, 0.9)
+        self.bn_improve = keras_bn(in_channels + growth, **_BN)
         self.conv_improve = _conv(in_channels + growth, growth, 3, quant=quant)
 
     def forward(self, x):
@@ -62,8 +65,8 @@ def meliusnet22(
     with batch norm and relu, 2x2/2 max pool); 4/5/4/4 blocks of dense + improvement binary 3x3
     convolutions (ste_sign, weight clip); real transitions (batch norm, 2x2/2 max pool, relu,
     1x1 conv to 160/224/256 channels); batch norm, relu, global pool and dense classifier (512
-    features). Batch norm momentum 0.9 (Keras), glorot-normal kernels. Larq Zoo: 62.4% top-1 /
-    83.9% top-5 on ImageNet (224x224), 6,944,584 Keras parameters, 3.88 MiB.
+    features). Batch norm momentum 0.9 (Keras) and epsilon 1e-5, glorot-normal kernels. Larq Zoo:
+    62.4% top-1 / 83.9% top-5 on ImageNet (224x224), 6,944,584 Keras parameters, 3.88 MiB.
     """
     quant = dict(
         input_quantizer=input_quantizer,
@@ -72,13 +75,13 @@ def meliusnet22(
     )
     layers = [
         _conv(in_channels, 32, 3, 2),
-        keras_bn(32, 0.9),
+        keras_bn(32, **_BN),
         nn.ReLU(),
         _conv(32, 32, 3, groups=4),
-        keras_bn(32, 0.9),
+        keras_bn(32, **_BN),
         nn.ReLU(),
         _conv(32, 64, 3, groups=8),
-        keras_bn(64, 0.9),
+        keras_bn(64, **_BN),
         nn.ReLU(),
         Pool2dSame("max", 2, 2),
     ]
@@ -89,11 +92,11 @@ def meliusnet22(
             channels += 64
         if transition:
             layers += [
-                keras_bn(channels, 0.9),
+                keras_bn(channels, **_BN),
                 Pool2dSame("max", 2, 2),
                 nn.ReLU(),
                 init_kernel(nn.Conv2d(channels, transition, 1, bias=False), "glorot_normal"),
             ]
             channels = transition
-    layers += [keras_bn(channels, 0.9), nn.ReLU(), global_pool_head(channels, num_classes, "glorot_normal")]
+    layers += [keras_bn(channels, **_BN), nn.ReLU(), global_pool_head(channels, num_classes, "glorot_normal")]
     return nn.Sequential(*layers)
