@@ -3,12 +3,14 @@ ticks, titles from the recipe and its settings, legend labels) and in the files 
 a PDF twin)."""
 
 import csv
+import json
 import math
 import struct
 
 import numpy as np
 import pytest
 
+from onebit.cli import main
 from onebit.recipes import load_recipe
 from onebit.training import plots
 from onebit.training.config import apply_overrides, to_toml
@@ -200,3 +202,31 @@ def test_smoothed_flips_are_a_centred_mean_of_the_logs_with_half_a_flip_for_none
 @pytest.mark.parametrize("x, text", [(0.01, "0.01"), (1e-5, "1e-5"), (3e-2, "0.03"), (1e-10, "1e-10"), (0.0, "0")])
 def test_numbers_in_titles(x, text):
     assert plots._number(x) == text and math.isclose(float(text), x)
+
+
+def test_a_sweep_folder_is_redrawn_from_its_summary(tmp_path, figures):
+    sweep = tmp_path / "moved-sweep"
+    runs, labels, groups = sweep_runs(sweep)
+    listed = [
+        {"label": label, "group": g, "run_dir": f"/elsewhere/{r.name}"} for r, label, g in zip(runs, labels, groups)
+    ]
+    (sweep / "summary.json").write_text(json.dumps({"recipe": "mnist-bop-sweep", "runs": listed}))
+    assert plots.is_sweep_folder(sweep) and not plots.is_sweep_folder(runs[0])
+    out = plots.plot_sweep(sweep)
+    assert out == sweep / "compare.png" and out.is_file() and (sweep / "compare.pdf").is_file()
+    assert [ax.get_title() for ax in figures["compare.png"].axes[:2]] == [
+        "\u03b3 (\u03c4=1e-5)",
+        "\u03c4 (\u03b3=1e-2)",
+    ]
+    (sweep / "compare.png").unlink()
+    assert main(["plot", str(sweep)]) == 0 and (sweep / "compare.png").is_file()  # onebit plot SWEEP_DIR
+
+
+@pytest.mark.parametrize("summary", ['{"recipe": "x"}', "not json", '{"runs": [{"label": "a"}]}'])
+def test_a_folder_that_is_no_sweep(tmp_path, summary):
+    (tmp_path / "summary.json").write_text(summary)
+    if plots.is_sweep_folder(tmp_path):
+        with pytest.raises(FileNotFoundError, match="not a sweep's summary"):
+            plots.plot_sweep(tmp_path)
+    else:
+        assert summary != '{"runs": [{"label": "a"}]}'

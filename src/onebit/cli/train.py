@@ -154,11 +154,11 @@ def cmd_eval(argv: list[str]) -> int:
 @command
 def cmd_plot(argv: list[str]) -> int:
     """onebit plot RUN_DIR [RUN_DIR ...] [--label NAME ...]: each run's figures, and a comparison
-    of several."""
+    of several; a sweep's folder redraws its compare.png."""
     p = Parser(
         prog="onebit plot",
         description="Draw accuracy.png and flips.png (each with a PDF twin) for each run; with several runs also "
-        "a comparison: test accuracy on top, log flip ratio below.",
+        "a comparison: test accuracy on top, log flip ratio below. A sweep's folder redraws its compare.png.",
     )
     p.add_argument("run_dirs", nargs="+")
     p.add_argument("--out", default=COMPARE_PLOT, help=f"comparison PNG for several runs (default {COMPARE_PLOT})")
@@ -174,11 +174,11 @@ def cmd_plot(argv: list[str]) -> int:
         raise UsageError(f"{len(args.label)} --label for {len(args.run_dirs)} runs: give one --label per run")
     if not args.out.lower().endswith(".png"):
         raise UsageError(f"--out {args.out}: must be a .png file (a .pdf is written next to it)")
-    from ..training.plots import plot_compare, plot_run
+    from ..training.plots import is_sweep_folder, plot_compare, plot_run, plot_sweep
 
     try:
         for d in args.run_dirs:
-            for path in plot_run(d):
+            for path in [plot_sweep(d)] if is_sweep_folder(d) else plot_run(d):
                 print(path)
         if len(args.run_dirs) > 1:
             print(plot_compare(args.run_dirs, args.out, labels=args.label, title=args.title))

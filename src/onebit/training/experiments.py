@@ -25,7 +25,7 @@ from ..quantizers import is_binary
 from .checkpoint import write_text_atomic
 from .config import ConfigError
 from .loop import train
-from .plots import plot_compare
+from .plots import plot_sweep
 from .runs import RunFolder, new_run_dir, restore_run
 from .step import evaluate, make_train_step, reestimate_batchnorm
 
@@ -92,8 +92,9 @@ class _Say:
 
 def run_sweep(recipe, jobs: int = 1, verbose: bool = True, stream=None) -> dict:
     """Train every run of a sweep recipe into ``runs/<recipe>/<timestamp>/<label>/`` (in parallel
-    processes with ``jobs`` > 1, splitting the cores between them), then draw ``compare.png``:
-    accuracy and log flip ratio curves, one column per group."""
+    processes with ``jobs`` > 1, splitting the cores between them), then write ``summary.json`` and
+    draw ``compare.png`` (and its PDF) from it: test accuracy on top, log flip ratio below, one
+    column per group (``plots.plot_sweep``)."""
     say = _Say(verbose, stream)
     started = time.perf_counter()
     root = RunFolder(new_run_dir(recipe.config["out"], recipe.name))
@@ -102,12 +103,6 @@ def run_sweep(recipe, jobs: int = 1, verbose: bool = True, stream=None) -> dict:
     tasks = _sweep_tasks(recipe.name, configs, root.path, jobs)
     say(f"onebit {recipe.name}: {len(tasks)} runs into {root.path}" + (f" ({jobs} at a time)" if jobs > 1 else ""))
     results = _run_tasks(tasks, [run["label"] for run in runs], jobs, verbose, say)
-    plot = plot_compare(
-        [r["run_dir"] for r in results],
-        root.compare_plot,
-        labels=[run["label"] for run in runs],
-        groups=[run.get("group", "runs") for run in runs],
-    )
     best = max(results, key=lambda r: r["test_accuracy"] or 0)
     keys = ("test_accuracy", "best_test_accuracy", "wall_seconds", "run_dir")
     summary = {
@@ -117,13 +112,14 @@ def run_sweep(recipe, jobs: int = 1, verbose: bool = True, stream=None) -> dict:
         "epochs": recipe.config["epochs"],
         "wall_seconds": round(time.perf_counter() - started, 3),
         "run_dir": str(root.path),
-        "plot": str(plot),
+        "plot": str(root.compare_plot),
         "runs": [
-            dict(label=run["label"], group=run.get("group", "runs"), **{k: r[k] for k in keys})
+            dict(label=run["label"], group=run.get("group", ""), **{k: r[k] for k in keys})
             for run, r in zip(runs, results)
         ],
     }
     write_text_atomic(root.summary, json.dumps(summary, indent=2) + "\n")
+    plot = plot_sweep(root.path)  # drawn from summary.json, as `onebit plot SWEEP_DIR` redraws it
     say(f"\nonebit {recipe.name}: done, {len(results)} runs")
     for item in summary["runs"]:
         say(f"  {item['label']:<28} test {100 * (item['test_accuracy'] or 0):6.2f}%")

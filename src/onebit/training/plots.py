@@ -15,6 +15,7 @@ its running mean over about one epoch on top (where a step without a flip counts
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -30,6 +31,8 @@ __all__ = [
     "describe_run",
     "plot_compare",
     "plot_run",
+    "plot_sweep",
+    "is_sweep_folder",
     "read_flips",
     "read_metrics",
     "run_label",
@@ -363,3 +366,28 @@ def _draw_compared(axes, run_dir: Path, label: str, color) -> None:
         acc, keep = 100 * _floats(rows, "train_accuracy"), np.ones(len(rows), bool)
     axes[0].plot(epochs[keep], acc[keep], "o-", ms=3, lw=1.4, color=color, label=label)
     _draw_flips(axes[1], run_dir, rows, label=label, color=color, raw_alpha=0.18)
+
+
+def plot_sweep(sweep_dir: str | os.PathLike) -> Path:
+    """Redraw a finished sweep's ``compare.png`` (and PDF) from its folder: its runs, labels and
+    groups as its ``summary.json`` lists them (each run found in the sweep's folder by name, so
+    a moved folder still draws)."""
+    folder = RunFolder(sweep_dir)
+    try:
+        runs = json.loads(folder.summary.read_text())["runs"]
+        run_dirs = [folder.path / Path(r["run_dir"]).name for r in runs]
+        labels, groups = [r["label"] for r in runs], [r.get("group", "") for r in runs]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise FileNotFoundError(f"{folder.summary}: not a sweep's summary ({e})") from None
+    return plot_compare(run_dirs, folder.compare_plot, labels=labels, groups=groups)
+
+
+def is_sweep_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a sweep's folder (a summary.json listing runs, no metrics.csv)."""
+    folder = RunFolder(path)
+    if folder.metrics.is_file() or not folder.summary.is_file():
+        return False
+    try:
+        return isinstance(json.loads(folder.summary.read_text()).get("runs"), list)
+    except (OSError, ValueError, AttributeError):
+        return False
