@@ -34,7 +34,7 @@ def run_cli(capsys, *args):
         (["summary", "resnet9000"], "unknown model or recipe 'resnet9000'; models: "),
         (["eval", "/nonexistent/run"], "not a onebit run folder"),
         (["summary", "small_cnn", "--input-size", "abc"], "expected C,H,W"),
-        (["export", "small_cnn", "x.obe"], "a zoo model name needs --input-size C,H,W"),
+        (["export", "small_cnn", "x.obe", "--onnx-dynamo"], "--onnx-dynamo: also give --onnx PATH"),
         (["export", "small_cnn", "x.obe", "--input-size", "0,1"], "--input-size '0,1': expected C,H,W"),
         (["export", "a", "b", "--bogus"], "unrecognized arguments: --bogus"),
         (["bench-engine", "no_such_model"], "neither a run folder nor a zoo model (binary_alexnet"),
@@ -564,6 +564,33 @@ def test_bench_engine_on_damaged_files(capsys, tmp_path, engine_file, how, match
         data = {"empty": b"", "garbage": b"ONEBITE?" + blob[8:], "truncated": blob[:-8]}
         path.write_bytes(data[how] if how in data else _damage(blob, how))
     refused(capsys, "bench-engine", str(path), "--repeats", "1", "--backend", "numpy", match=match)
+
+
+def test_export_a_zoo_model_at_its_own_input_size_also_as_onnx(capsys, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: --onnx not verified")
+    onnx_file = tmp_path / "m.onnx"
+    code, out, err = run_cli(capsys, "export", "small_cnn", str(tmp_path / "m.obe"), "--onnx", str(onnx_file))
+    assert code == 0 and "input 1x1x28x28" in out, err  # the registry's MNIST size, not 3x32x32
+    (x,) = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]).get_inputs()
+    assert x.shape[1:] == [1, 28, 28]
+
+
+def test_bench_engine_says_how_it_measured(capsys):
+    code, out, err = run_cli(
+        capsys, "bench-engine", "small_cnn", "--batch", "3", "--repeats", "2", "--threads", "1", "--backend", "numpy"
+    )
+    assert code == 0, err
+    assert "median of 2 timed runs" in out and "engine: numpy backend, 1 threads, in a process of its own" in out
+    assert "fp32: 1 threads, popcount forward off" in out and "# CPU: " in out
+    (row,) = [line for line in out.splitlines() if line.startswith("| 3 |")]
+    assert row.endswith("faster |") or row.endswith("slower |")
+
+
+@pytest.mark.parametrize("torch_s, engine_s, text", [(2.0, 1.0, "2.00x faster"), (0.5e-3, 1.07e-3, "2.14x slower")])
+def test_bench_engine_reports_the_engine_slower_when_it_is(torch_s, engine_s, text):
+    from onebit.cli.deploy import _ratio
+
+    assert _ratio(torch_s, engine_s) == text
 
 
 def test_export_to_a_folder_that_does_not_exist(capsys, tmp_path):

@@ -442,43 +442,6 @@ def test_runtime_runs_without_torch(tmp_path):
         np.testing.assert_allclose(np.array(y, np.float32), ref, atol=1e-4 * np.abs(ref).max())
 
 
-# ------------------------------------------------------------------------------------------ ONNX
-
-
-@pytest.mark.parametrize(
-    "name,size", [("small_cnn", (3, 1, 28, 28)), ("binarynet", (2, 3, 32, 32)), ("residual", (3, 3, 9, 7))]
-)
-def test_onnx_matches_torch_in_onnxruntime(tmp_path, name, size):
-    ort = pytest.importorskip("onnxruntime")
-    onnx = pytest.importorskip("onnx")
-    torch.manual_seed(4)
-    model = _Residual() if name == "residual" else onebit.create_model(name)
-    model = randomize_bn(model, negative=True)
-    path = tmp_path / "m.onnx"
-    onebit.export_onnx(model, path, (1,) + size[1:])
-    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
-    assert "Where" in ops and "GreaterOrEqual" in ops  # sign(x) = where(x >= 0, 1, -1)
-    x = torch.randn(size)
-    x[0, :, 0, 0] = 0.0  # sign(0) = +1
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    out = sess.run(None, {"input": x.numpy()})[0]  # batch axis is dynamic
-    with torch.no_grad():
-        ref = model(x).numpy()
-    np.testing.assert_allclose(out, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
-    assert np.array_equal(out.argmax(1), ref.argmax(1))
-
-
-def test_onnx_pad_values_become_constant_pads(tmp_path):
-    ort = pytest.importorskip("onnxruntime")
-    model = nn.Sequential(_binary_conv(5, 4, 3, 2, "same", 1.0)).eval()
-    path = tmp_path / "m.onnx"
-    onebit.export_onnx(model, path, (1, 5, 7, 7))
-    x = torch.randn(2, 5, 7, 7)
-    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
-    with torch.no_grad():
-        assert np.array_equal(out, model(x).numpy())
-
-
 # ------------------------------------------------------------------------------------------- CLI
 
 

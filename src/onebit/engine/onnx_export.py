@@ -1,24 +1,38 @@
 """Export to a standard ONNX graph (float arithmetic), for onnxruntime and other ONNX runtimes.
 
-Every sign-type quantizer becomes ``Where(x >= 0, 1, -1)`` (so sign(0) = +1, as onebit and Larq),
-every quantized kernel is stored already quantized (+/-1, or +/-alpha for magnitude-aware kernels)
-as a float initializer, and ``pad_values`` becomes an explicit constant ``Pad``. The graph holds no
-custom op, so any ONNX runtime runs it; it is not bit-packed (use ``onebit.engine.export`` for that).
+The graph holds no custom op, so any ONNX runtime runs it; it is not bit-packed (use
+``onebit.engine.export`` for that). It computes what torch computes, ties included:
+
+- a binary layer (sign input, +/-1 or +/-alpha-per-channel kernel) becomes its integer dot: the
+  layer with its +/-1 kernel, then ``Round`` (exact on integers, and a barrier no runtime fuses a
+  later scale or batch norm across, which would change the rounding), then ``* alpha + bias``;
+- where batch norm, max-pooling and flatten lead from such a dot to the next sign, they become the
+  comparison of the integer dot against per-channel integer thresholds, the same rule the packed
+  engine uses (``engine.thresholds``), so a value exactly 0 in torch (sign(0) = +1) cannot come
+  out as -2e-7 in the runtime and flip;
+- every other sign is ``Where(x >= 0, 1, -1)``; DoReFa activations are ``Round(clip(x, 0, 1) n) / n``;
+- batch norm is ``x * a + b`` with torch's a and b; every other kernel is stored quantized, and
+  ``pad_values`` become explicit constant ``Pad`` ops.
 """
 
 from __future__ import annotations
 
 import copy
 import warnings
+from dataclasses import dataclass, field
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .. import quantizers as q
 from ..functional import sign
 from ..kernels.bits import EngineError
-from ..layers import QuantLayer
-from .exporter import _qname
+from ..layers import Pool2dSame, QuantLayer
+from ..layers.quantized import QuantConvTranspose2d
+from .exporter import _binary_kernel, _bn_affine, _qname, _Tracer
+from .thresholds import sign_thresholds
+
+__all__ = ["export_onnx", "onnx_ready"]
 
 
 class OnnxSign(nn.Module):
@@ -28,41 +42,308 @@ class OnnxSign(nn.Module):
         return sign(x)
 
 
-def onnx_ready(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (eval mode) whose quantizers are ONNX-exportable torch ops."""
-    model = copy.deepcopy(model).eval()
+class OnnxDoReFa(nn.Module):
+    """DoReFa's k-bit activations, round(clip(x, 0, 1) * n) / n (half to even), as plain ops."""
+
+    def __init__(self, k_bit: int):
+        super().__init__()
+        self.n = float(2**k_bit - 1)
+
+    def forward(self, x):
+        return torch.round(torch.clamp(x, 0.0, 1.0) * self.n) / self.n
+
+
+def _per_channel(values, x):
+    """``values`` (C,) shaped to broadcast along axis 1 of ``x``."""
+    return values.reshape((-1,) + (1,) * (x.dim() - 2))
+
+
+class Affine(nn.Module):
+    """``x * scale + shift`` per channel (axis 1), either optional: batch norm as torch computes
+    it in eval mode, a binary layer's kernel scale and bias, a threshold's direction."""
+
+    def __init__(self, scale=None, shift=None):
+        super().__init__()
+        for key, value in (("scale", scale), ("shift", shift)):
+            self.register_buffer(key, None if value is None else torch.as_tensor(value).float().flatten())
+
+    def forward(self, x):
+        if self.scale is not None:
+            x = x * _per_channel(self.scale, x)
+        return x if self.shift is None else x + _per_channel(self.shift, x)
+
+
+class IntegerDot(nn.Module):
+    """A binary layer's dot product on +/-1 inputs and its +/-1 kernel (no scale, no bias): an
+    integer, held as float; ``Round`` keeps runtimes from folding what follows into the layer."""
+
+    def __init__(self, layer: QuantLayer, signs: torch.Tensor):
+        super().__init__()
+        self.layer = copy.deepcopy(layer)
+        self.layer.weight = nn.Parameter(signs, requires_grad=False)
+        self.layer.bias = None
+        self.layer.kernel_quantizer = None
+        self.layer.kernel_constraint = None
+        self.layer.input_quantizer = OnnxSign()
+
+    def forward(self, x):
+        return torch.round(self.layer(x))
+
+
+class BelowThreshold(nn.Module):
+    """The signs torch would give after batch norm: -1 where ``x < thr`` per channel, else +1
+    (``x`` is the integer dot times the channel's direction, ``thr`` an integer)."""
+
+    def __init__(self, thr):
+        super().__init__()
+        self.register_buffer("thr", torch.as_tensor(thr).float().flatten())
+
+    def forward(self, x):
+        return torch.where(x < _per_channel(self.thr, x), -1.0, 1.0)
+
+
+def _put(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Set submodule ``name`` (dotted) of ``model`` to ``module``."""
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def _replace_quantizers(model: nn.Module) -> None:
+    """Input and standalone activation quantizers as ONNX-exportable ops; kernels stored quantized."""
     for name, m in list(model.named_modules()):
         if isinstance(m, QuantLayer):
-            iq = m.input_quantizer
-            if iq is not None:
-                if not q.is_sign(iq):
-                    raise EngineError(
-                        f"layer {name!r}: input_quantizer {_qname(iq)} is not a sign "
-                        f"quantizer; ONNX export supports sign and real inputs"
-                    )
-                m.input_quantizer = OnnxSign()
+            if m.input_quantizer is not None:
+                m.input_quantizer = _onnx_quantizer(name, m.input_quantizer)
             if m.kernel_quantizer is not None:
                 with torch.no_grad():
                     m.weight.data = m.quantized_weight().detach().clone()
                 m.kernel_quantizer = None
             m.kernel_constraint = None
-    for name, m in list(model.named_modules()):  # standalone activation quantizers
+    for name, m in list(model.named_modules()):
         if isinstance(m, q.Quantizer):
-            if not q.is_sign(m):
-                raise EngineError(f"layer {name!r}: quantizer {_qname(m)} is not a sign quantizer")
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, OnnxSign())
-    return model
+            _put(model, name, _onnx_quantizer(name, m))
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
+            _put(model, name, Affine(*_bn_affine(m)))
 
 
-def export_onnx(model: nn.Module, path, input_size=None, opset_version: int = 17, dynamic_batch: bool = True) -> str:
-    """Write ``model`` to ``path`` as ONNX for inputs of ``input_size`` (default (1, 3, 32, 32)).
+def _onnx_quantizer(name: str, quantizer) -> nn.Module:
+    if isinstance(quantizer, (OnnxSign, OnnxDoReFa)):
+        return quantizer
+    if q.is_sign(quantizer):
+        return OnnxSign()
+    if isinstance(quantizer, q.DoReFa) and quantizer.mode == "activations":
+        return OnnxDoReFa(quantizer.k_bit)
+    raise EngineError(
+        f"layer {name!r}: quantizer {_qname(quantizer)} is not supported by the ONNX export "
+        f"(it takes sign quantizers, DoReFa activations and real inputs)"
+    )
 
-    The batch axis is dynamic unless ``dynamic_batch=False``. Returns ``str(path)``.
-    """
-    input_size = tuple(input_size) if input_size is not None else (1, 3, 32, 32)
+
+# ------------------------------------------------------------------------ exact binary layers
+
+
+@dataclass
+class _Dot:
+    """A binary layer's integer dot in the rewritten graph and what torch computes from it."""
+
+    name: str
+    layer: QuantLayer
+    node: fx.Node  # the IntegerDot
+    alpha: object  # numpy (O,) or None
+    bias: object  # numpy (O,) or None
+
+
+@dataclass
+class _Chain:
+    """Ops from a dot to a sign: max pools on f(d), at most one batch norm, max pools, flattens."""
+
+    pre: list = field(default_factory=list)
+    bn: object = None
+    post: list = field(default_factory=list)
+    flatten: list = field(default_factory=list)
+
+
+def _is_max_pool(m) -> bool:
+    return isinstance(m, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)) or (isinstance(m, Pool2dSame) and m.kind == "max")
+
+
+def _is_flatten(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), nn.Flatten)
+    return (node.op == "call_function" and node.target is torch.flatten) or (
+        node.op == "call_method" and node.target == "flatten"
+    )
+
+
+def _reads_signs(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether ``node`` applies sign() to its first input (a layer's input quantizer or alone)."""
+    if node.op != "call_module":
+        return False
+    m = gm.get_submodule(node.target)
+    if isinstance(m, IntegerDot):
+        return True
+    quantizer = m.input_quantizer if isinstance(m, QuantLayer) else m
+    return isinstance(quantizer, q.Quantizer) and q.is_sign(quantizer)
+
+
+def _integer_dots(gm: fx.GraphModule) -> dict[fx.Node, _Dot]:
+    """Replace every binary layer by its IntegerDot (+ scale and bias): {float output: _Dot}."""
+    dots = {}
+    for node in list(gm.graph.nodes):
+        m = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if not isinstance(m, QuantLayer) or m.input_quantizer is None or not q.is_sign(m.input_quantizer):
+            continue
+        try:
+            kernel = _binary_kernel(m, node.target)
+        except EngineError:  # a 1-bit kernel that is not +/-alpha: stays a float layer
+            kernel = None
+        if kernel is None:
+            continue
+        signs = 1.0 - 2.0 * torch.from_numpy(kernel[0]).float()
+        bias = m.bias.detach().float().numpy() if m.bias is not None else None
+        target = f"onnx_dot_{len(dots)}"
+        gm.add_submodule(target, IntegerDot(m, signs))
+        with gm.graph.inserting_after(node):
+            dot = gm.graph.call_module(target, node.args, node.kwargs)
+        out = dot
+        if kernel[1] is not None or bias is not None:
+            gm.add_submodule(target + "_scale", Affine(kernel[1], bias))
+            with gm.graph.inserting_after(dot):
+                out = gm.graph.call_module(target + "_scale", (dot,))
+        node.replace_all_uses_with(out)
+        gm.graph.erase_node(node)
+        dots[out] = _Dot(str(node.target), m, dot, kernel[1], bias)
+    return dots
+
+
+def _chain_to(node, dots, gm) -> tuple[_Dot, _Chain] | None:
+    """The dot that ``node`` is computed from by a foldable chain, and the chain; else None."""
+    ops = []
+    while isinstance(node, fx.Node) and node not in dots:
+        if node.op == "call_module" and not _is_flatten(node, gm):
+            m = gm.get_submodule(node.target)
+            if not (_is_max_pool(m) or isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))):
+                return None
+        elif not _is_flatten(node, gm):
+            return None
+        ops.append(node)
+        node = node.args[0] if node.args else None
+    if not isinstance(node, fx.Node) or isinstance(dots[node].layer, QuantConvTranspose2d):
+        return None
+    chain = _Chain()
+    for op in reversed(ops):
+        m = gm.get_submodule(op.target) if op.op == "call_module" else None
+        if _is_flatten(op, gm):
+            chain.flatten.append(op)
+        elif chain.flatten:  # pooling or batch norm after a flatten
+            return None
+        elif _is_max_pool(m):
+            (chain.post if chain.bn is not None else chain.pre).append(op)
+        elif chain.bn is not None or m.num_features != dots[node].layer.weight.shape[0] or m.running_mean is None:
+            return None
+        else:
+            chain.bn = m
+    return dots[node], chain
+
+
+def _fold_signs(gm: fx.GraphModule, dots: dict[fx.Node, _Dot]) -> None:
+    """Feed every sign reached from a dot by a foldable chain the threshold comparison instead."""
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if not _reads_signs(node, gm) or not node.args:
+            continue
+        found = _chain_to(node.args[0], dots, gm)
+        if found is None:
+            continue
+        dot, chain = found
+        weight = gm.get_submodule(dot.node.target).layer.weight
+        sgn, thr, _ = sign_thresholds(
+            dot.name, int(weight[0].numel()), int(weight.shape[0]), dot.alpha, dot.bias, chain.bn
+        )
+        target = f"{dot.node.target}_thr_{node.name}"
+        gm.add_submodule(target, BelowThreshold(thr))
+        with graph.inserting_before(node):
+            x = dot.node
+            for op in chain.pre:  # max pools commute with the increasing alpha * d + bias
+                x = graph.call_module(op.target, (x,))
+            if (sgn < 0).any():  # sgn * d increases with f(d) in every channel
+                gm.add_submodule(target + "_dir", Affine(sgn))
+                x = graph.call_module(target + "_dir", (x,))
+            for op in chain.post:
+                x = graph.call_module(op.target, (x,))
+            x = graph.call_module(target, (x,))
+            for op in chain.flatten:  # sign and flatten commute
+                x = graph.create_node(op.op, op.target, (x,) + tuple(op.args[1:]), dict(op.kwargs))
+        node.update_arg(0, x)
+
+
+def onnx_ready(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval mode) made of ONNX-exportable torch ops that computes what the
+    model computes, with binary layers as integer dots and signs after them as thresholds (a
+    model that ``torch.fx`` cannot trace keeps float signs, with a warning)."""
+    model = copy.deepcopy(model).eval()
+    try:
+        gm = fx.GraphModule(model, _Tracer().trace(model))
+    except Exception as e:  # noqa: BLE001 - any tracing failure: export without the rewrite
+        warnings.warn(
+            f"torch.fx cannot trace {type(model).__name__} ({e}); its binary layers are exported as "
+            f"float convolutions, where a value exactly 0 in torch may come out as +/-1e-7",
+            stacklevel=3,
+        )
+        _replace_quantizers(model)
+        return model
+    with torch.no_grad():
+        _fold_signs(gm, _integer_dots(gm))
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    _replace_quantizers(gm)
+    return gm
+
+
+def _input_size(input_size) -> tuple[int, ...]:
+    if input_size is None:
+        raise EngineError(
+            "export_onnx needs input_size, the input's shape with a batch axis, e.g. (1, 3, 32, 32); "
+            "onebit.model_info(name).input_size is a zoo model's"
+        )
+    try:
+        size = tuple(int(v) for v in input_size)
+    except (TypeError, ValueError):
+        size = ()
+    if len(size) < 2 or min(size) < 1:
+        raise EngineError(f"input_size={input_size!r} must be a shape with a batch axis, e.g. (1, 3, 32, 32)")
+    return size
+
+
+def export_onnx(
+    model: nn.Module,
+    path,
+    input_size=None,
+    opset_version: int = 17,
+    dynamic_batch: bool = True,
+    dynamo: bool = False,
+) -> str:
+    """Write ``model`` to ``path`` as ONNX for inputs of ``input_size`` (with the batch axis,
+    e.g. (1, 3, 32, 32); required). The batch axis is dynamic unless ``dynamic_batch=False``.
+
+    ``dynamo=True`` uses torch's newer ``torch.export``-based exporter (needs onnxscript); the
+    default is the TorchScript-based one. Returns ``str(path)``."""
+    size = _input_size(input_size)
+    if dynamo:
+        try:
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise EngineError("export_onnx(dynamo=True) needs onnxscript (pip install onnxscript)") from None
     ready = onnx_ready(model)
-    x = torch.zeros(input_size)
+    x = torch.zeros(size)
+    try:
+        with torch.no_grad():
+            ready(x)
+    except RuntimeError as e:
+        reason = next((t.strip() for t in str(e).splitlines() if t.strip()), type(e).__name__)
+        raise EngineError(f"input_size={size}: {type(model).__name__} does not run on it ({reason})") from None
     axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -74,6 +355,6 @@ def export_onnx(model: nn.Module, path, input_size=None, opset_version: int = 17
             output_names=["output"],
             opset_version=opset_version,
             dynamic_axes=axes,
-            dynamo=False,
+            dynamo=dynamo,
         )
     return str(path)
