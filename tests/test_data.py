@@ -86,6 +86,18 @@ def test_mnist5k_split_is_fixed_and_balanced():
     assert x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1 and y.dtype == torch.int64
 
 
+def test_array_dataset_is_a_torch_dataset_for_any_dataloader():
+    train, test = load_mnist5k()
+    assert isinstance(test, torch.utils.data.Dataset)
+    x, y = test[3]
+    bx, by = test.get(torch.tensor([3]))
+    assert x.shape == (1, 28, 28) and torch.equal(x, bx[0]) and int(y) == int(by[0])
+    batches = list(torch.utils.data.DataLoader(test, batch_size=256))
+    assert len(batches) == 4 and torch.equal(torch.cat([b for _, b in batches]), test.labels)
+    with pytest.raises(IndexError):
+        test[len(test)]
+
+
 @pytest.mark.parametrize("compress", [False, True])
 def test_mnist_idx_roundtrip(tmp_path, compress):
     write_mnist_idx(tmp_path, compress=compress)

