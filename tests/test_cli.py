@@ -21,8 +21,12 @@ def run_cli(capsys, *args):
 @pytest.mark.parametrize(
     "args, match",
     [
-        (["train", "mnist-nope"], "unknown recipe 'mnist-nope'; available: "),
+        (["train", "mnist-nope"], "unknown recipe 'mnist-nope' (did you mean 'mnist-bop'?); available: "),
         (["train", "nope=1"], "unknown key 'nope'; allowed keys: "),
+        (["train", "gama=1e-3"], "unknown key 'gama' (did you mean 'gamma'?); allowed keys: "),
+        (["train", "no/such/recipe.toml"], "recipe file 'no/such/recipe.toml' does not exist"),
+        (["trian"], "unknown command 'trian' (did you mean 'train'?)"),
+        (["summary", "quiknet"], "unknown model or recipe 'quiknet' (did you mean 'quicknet'?)"),
         (["train", "epochs=abc"], "bad value epochs='abc': expected int"),
         (["train", "optimizer=adamw"], "allowed: bop, latent"),
         (["train", "--bogus"], "unknown option '--bogus'"),
@@ -67,6 +71,67 @@ def test_help_lists_recipe_defaults(capsys):
     assert code == 0 and "approximation-viewpoint" in out
 
 
+def test_version(capsys):
+    import onebit
+
+    for flag in ("--version", "-V"):
+        assert run_cli(capsys, flag) == (0, f"onebit {onebit.__version__}\n", "")
+
+
+MY_RECIPE = """
+[recipe]
+description = "my own small run"
+source = "me"
+
+[config]
+epochs = 1
+max_steps = 2
+batch_size = 32
+threads = 1
+plots = false
+tensorboard = false
+"""
+
+
+def test_train_a_users_recipe_file(capsys, tmp_path):
+    path = tmp_path / "my-recipe.toml"
+    path.write_text(MY_RECIPE)
+    code, out, err = run_cli(capsys, "train", str(path), f"out={tmp_path}", "--quiet")
+    assert code == 0, err
+    assert (tmp_path / "my-recipe").is_dir() and "test accuracy" in out
+    code, out, _ = run_cli(capsys, "train", str(path), "--help")
+    assert code == 0 and "my own small run" in out and "*max_steps" in out
+    code, out, _ = run_cli(capsys, "summary", str(path))
+    assert code == 0 and "small_cnn" in out
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("[recipe]\ndescription = 1\n[confg]\nepochs = 1\n", "unknown key 'confg' (did you mean 'config'?)"),
+        ("[config]\nepcohs = 1\n", "[config]: unknown key 'epcohs' (did you mean 'epochs'?)"),
+        ("[config]\nepochs = -1\n", "epochs"),
+        ("[recipe]\nkind = 'sweep'\n", "is a sweep without [[runs]]"),
+        ("[recipe]\nnotes = 3\n", "notes must be a list of strings"),
+        ("[config\n", "is not valid TOML"),
+    ],
+)
+def test_a_bad_recipe_file_is_one_line(capsys, tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    code, _, err = run_cli(capsys, "train", str(path), f"out={tmp_path}")
+    assert code == 2 and err.count("\n") == 1 and match in err and f"recipe file {str(path)!r}" in err, err
+
+
+def test_the_command_line_reference_covers_every_command():
+    from pathlib import Path
+
+    from onebit.cli import COMMANDS
+
+    page = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    assert all(f"onebit {name}" in page for name in COMMANDS)
+
+
 def test_list(capsys):
     code, out, _ = run_cli(capsys, "list")
     assert code == 0 and "mnist-bop" in out and "source:" in out and "binarynet" in out
@@ -81,6 +146,8 @@ def test_summary(capsys):
     assert code == code2 == 0 and out == out2
     code, out2, _ = run_cli(capsys, "summary", "mnist-bop")
     assert code == 0 and len(out2.splitlines()) > 5
+    code, out3, _ = run_cli(capsys, "summary", "small_cnn", "--input-size", "1,28,28")
+    assert code == 0 and out3 == run_cli(capsys, "summary", "small_cnn")[1]
 
 
 def test_train_eval_plot_resume(capsys, tmp_path):

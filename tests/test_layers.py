@@ -1,6 +1,7 @@
 """Quantized layers equal their torch parents on quantized inputs and kernels (larq/layers_test.py)."""
 
 import inspect
+import pickle
 
 import pytest
 import torch
@@ -233,3 +234,24 @@ def test_repr_names_quantizers_and_padding():
         ob.QuantConv2d(2, 2, 3, padding=1, input_quantizer="ste_sign", pad_values=1.0, kernel_constraint="weight_clip")
     )
     assert "SteSign" in text and "pad_values=1.0" in text and "WeightClip" in text
+
+
+def test_is_binary_for_layers_and_their_parameters():
+    import copy
+
+    binary = ob.QuantConv2d(2, 4, 3, kernel_quantizer="ste_sign", bias=True)
+    ternary = ob.QuantLinear(4, 4, kernel_quantizer="ste_tern")
+    plain = ob.QuantLinear(4, 4)
+    model = nn.Sequential(binary, nn.BatchNorm2d(4), nn.Flatten(), ternary, plain)
+    assert [ob.is_binary(m) for m in model] == [True, False, False, False, False]
+    flags = {name: ob.is_binary(p) for name, p in model.named_parameters()}
+    assert [n for n, f in flags.items() if f] == ["0.weight"]
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):  # copies keep the mark
+        assert [n for n, p in clone.named_parameters() if ob.is_binary(p)] == ["0.weight"]
+        assert clone[0].weight.__dict__["_onebit_quant_layer"] is clone[0]
+    case = ob.optim.CaseOptimizer(
+        (ob.is_binary, lambda ps: ob.optim.Bop(ps)), default=lambda ps: torch.optim.Adam(ps), params=model.parameters()
+    )
+    assert case.optimizers[0].param_groups[0]["params"] == [binary.weight]
+    binary.kernel_quantizer = None  # follows the layer's quantizer as it is now
+    assert not ob.is_binary(binary.weight) and not ob.is_binary(torch.ones(2))

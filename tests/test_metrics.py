@@ -53,6 +53,15 @@ def test_agrees_with_bop_flip_count():
         assert counter.total.item() == bop.last_flips.item() > 0
 
 
+def test_first_update_reports_the_flips_since_construction():
+    w = nn.Parameter(torch.tensor([1.0, -1.0, 1.0]))
+    counter = FlipCounter([w])
+    with torch.no_grad():
+        w.neg_()
+    assert counter.update()["0"].item() == 3  # the snapshot is the counter's construction
+    assert counter.update()["0"].item() == 0
+
+
 def test_needs_parameters():
     with pytest.raises(ValueError, match="no parameters"):
         FlipCounter([])

@@ -266,3 +266,24 @@ def test_memory_as_readable_str():
     assert memory_as_readable_str(2**23) == "1.00 MiB"
     assert memory_as_readable_str(2**33) == "1.00 GiB"
     assert memory_as_readable_str(2**43) == "1,024.00 GiB"
+
+
+@pytest.mark.parametrize(
+    "model, with_batch, without",
+    [
+        (lambda: larq_profile_model(), (1, 1, 64, 64), (1, 64, 64)),  # C,H,W before a 2-D convolution
+        (lambda: nn.Sequential(nn.Conv1d(2, 4, 3), nn.ReLU()), (1, 2, 16), (2, 16)),  # C,L before a 1-D one
+        (lambda: nn.Sequential(nn.Linear(8, 4)), (1, 8), (8,)),  # F before a dense layer
+    ],
+)
+def test_input_size_with_or_without_the_batch_dimension(model, with_batch, without):
+    a = str(ob.summary(model(), with_batch, print_fn=None, name="m"))
+    b = str(ob.summary(model(), without, print_fn=None, name="m"))
+    assert a == b
+
+
+def test_a_zoo_model_needs_no_input_size():
+    model = ob.create_model("binarynet")
+    assert str(ob.summary(model, print_fn=None)) == str(ob.summary(model, (3, 32, 32), print_fn=None))
+    with pytest.raises(ValueError, match="needs input_size"):
+        ob.summary(nn.Linear(2, 2), print_fn=None)

@@ -57,6 +57,36 @@ def test_registry_lists_every_model():
 def test_unknown_model_names_the_choices():
     with pytest.raises(ValueError, match="unknown model 'resnet9000'.*birealnet18"):
         ob.create_model("resnet9000")
+    with pytest.raises(ValueError, match=r"unknown model 'birealnet' \(did you mean 'birealnet18'\?\)"):
+        ob.create_model("birealnet")
+
+
+@pytest.mark.parametrize(
+    "pattern, expected",
+    [
+        ("quick*", ["quicknet", "quicknet_large", "quicknet_small"]),
+        ("*resnet*", ["binary_resnet_e18"]),
+        ("binary?alexnet", ["binary_alexnet"]),
+        ("nothing*", []),
+        ("*", sorted(SETUP)),
+    ],
+)
+def test_list_models_takes_a_pattern(pattern, expected):
+    assert ob.list_models(pattern) == expected
+
+
+def test_pretrained_is_answered_in_one_line():
+    with pytest.raises(ValueError, match="ships no pretrained weights.*weights=") as info:
+        ob.create_model("quicknet", pretrained=True)
+    assert "\n" not in str(info.value)
+    assert ob.create_model("small_cnn", pretrained=False).name == "small_cnn"
+
+
+@pytest.mark.parametrize("kwargs, size", [({}, (1, 28, 28)), ({"in_channels": 3, "image_size": 32}, (3, 32, 32))])
+def test_models_know_their_input_size(kwargs, size):
+    model = ob.create_model("small_cnn", **kwargs)
+    assert model.default_input_size == size
+    assert ob.summary(model, print_fn=None).total_macs == ob.summary(model, (1, *size), print_fn=None).total_macs
 
 
 @pytest.mark.parametrize("name", sorted(SETUP))

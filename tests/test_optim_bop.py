@@ -183,10 +183,21 @@ def test_gamma_and_threshold_properties_and_group_gamma_key():
     a, b = nn.Parameter(torch.ones(1)), nn.Parameter(torch.ones(1))
     opt = Bop([{"params": [a], "gamma": 1e-3}, {"params": [b]}], gamma=1e-4)
     assert [g["lr"] for g in opt.param_groups] == [1e-3, 1e-4]
+    with pytest.raises(ValueError, match=r"Bop.gamma: the param groups differ \(0.001, 0.0001\)"):
+        _ = opt.gamma  # no one value: never group 0's silently
     opt.gamma = 1e-2
     opt.threshold = 1e-5
     assert [g["lr"] for g in opt.param_groups] == [1e-2, 1e-2]
-    assert opt.threshold == 1e-5
+    assert opt.gamma == 1e-2 and opt.threshold == 1e-5
+    opt.param_groups[1]["threshold"] = 0.0
+    with pytest.raises(ValueError, match="Bop.threshold: the param groups differ"):
+        _ = opt.threshold
+
+
+@pytest.mark.parametrize("cls", [Bop, Bop2ndOrder])
+def test_repr_names_gamma(cls):
+    text = repr(cls([nn.Parameter(torch.ones(2))], gamma=1e-3))
+    assert "gamma: 0.001" in text and "lr" not in text and text.startswith(cls.__name__)
 
 
 @pytest.mark.parametrize(

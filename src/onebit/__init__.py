@@ -7,6 +7,8 @@ short name) and ``load_run`` (a trained run's model; it imports the training cod
 Without torch installed only ``onebit.engine`` (the numpy runtime of exported files) is available.
 """
 
+import os as _os
+
 try:
     import torch as _torch  # noqa: F401
 except ModuleNotFoundError as _e:  # a deployment without torch: only onebit.engine.load works
@@ -29,6 +31,7 @@ else:
         QuantLinear,
         apply_constraints,
         binary_parameters,
+        is_binary,
         real_parameters,
     )
     from .model_summary import ModelSummary, summary
@@ -37,7 +40,7 @@ else:
 __version__ = "0.1.0"
 
 
-def load_run(run_dir, which: str = "best"):
+def load_run(run_dir: str | _os.PathLike, which: str = "best") -> tuple:
     """(model in eval mode, config dict) of a training run folder: the model rebuilt from its
     ``config.toml`` with the weights of ``best.pt`` (falling back to ``last.pt``; ``which="last"``
     for ``last.pt``). The checkpoint is read safely: a damaged or foreign file raises a one-line
@@ -64,6 +67,7 @@ __all__ = [
     "engine",
     "from_larq",
     "KerasImportError",
+    "is_binary",
     "export_onnx",
     "list_models",
     "load_run",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 import weakref
+from collections.abc import Callable
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -50,7 +51,7 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(identifier):
+def get(identifier: str | Callable | None) -> Callable | None:
     """Resolve a constraint: None, "weight_clip", an instance or any callable acting in place."""
     if identifier is None:
         return None
@@ -71,7 +72,7 @@ _PER_OPTIMIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _hook = None
 
 
-def enforce(layer) -> None:
+def enforce(layer: torch.nn.Module) -> None:
     """Apply ``layer.kernel_constraint`` to ``layer.weight`` after every step of any optimizer
     holding that weight (a no-op for a layer without a constraint)."""
     global _generation, _hook

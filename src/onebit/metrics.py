@@ -10,15 +10,17 @@ returning tensors so that a training loop reads them on the host only when it lo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
+from torch.utils.hooks import RemovableHandle
 
 __all__ = ["FlipCounter", "FlipRatio", "log_flip_ratio"]
 
 LOG_EPS = 1e-9
 
 
-def log_flip_ratio(flips, n: int):
+def log_flip_ratio(flips: int | float | torch.Tensor, n: int) -> float | torch.Tensor:
     """pi = ln(flips / n + 1e-9) for a count (int, float or tensor) out of ``n`` weights."""
     if isinstance(flips, torch.Tensor):
         return torch.log(flips.double() / n + LOG_EPS)
@@ -32,12 +34,13 @@ class FlipCounter:
         params: tensors or (name, tensor) pairs, e.g. ``model.named_parameters()`` filtered to the
             binary kernels; unnamed tensors are named "0", "1", ...
 
-    ``update()`` returns ``{name: flips}`` (0-dim int64 tensors) and sets ``total``; the first call
-    only takes the snapshot and reports zeros. ``attach(optimizer)`` calls ``update`` after every
-    optimizer step.
+    The signs are snapshot when the counter is built; each ``update()`` returns ``{name: flips}``
+    (0-dim int64 tensors) since the previous snapshot and sets ``total``, so the first call
+    reports the flips of the first step (build the counter before training, or after loading a
+    checkpoint). ``attach(optimizer)`` calls ``update`` after every optimizer step.
     """
 
-    def __init__(self, params):
+    def __init__(self, params: Iterable[torch.Tensor | tuple[str, torch.Tensor]]):
         self.names: list[str] = []
         self.params: list[torch.Tensor] = []
         for i, item in enumerate(params):
@@ -59,6 +62,7 @@ class FlipCounter:
 
     @torch.no_grad()
     def update(self) -> dict[str, torch.Tensor]:
+        """Flips per tracked parameter since the previous update (or construction); sets ``total``."""
         flips = {}
         for i, (name, p) in enumerate(zip(self.names, self.params)):
             now = self._negative(p)
@@ -80,7 +84,7 @@ class FlipCounter:
         """pi per tracked parameter for the last update."""
         return {n: log_flip_ratio(self.flips[n], s) for n, s in zip(self.names, self.sizes) if n in self.flips}
 
-    def attach(self, optimizer: torch.optim.Optimizer):
+    def attach(self, optimizer: torch.optim.Optimizer) -> RemovableHandle:
         """Update after each step of ``optimizer``; returns the hook handle (``.remove()``)."""
         return optimizer.register_step_post_hook(lambda *_: self.update())
 
@@ -92,7 +96,7 @@ class FlipRatio:
     is the mean over updates (0 until two updates). ``reset()`` keeps the previous values.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.previous: torch.Tensor | None = None
         self.total = 0.0
         self.count = 0
@@ -108,8 +112,10 @@ class FlipRatio:
         self.previous = values
 
     def result(self) -> float:
+        """The mean fraction of changed values per update (0 until two updates)."""
         return self.total / (self.count - 1) if self.count > 1 else 0.0
 
     def reset(self) -> None:
+        """Start a new mean (the previous values are kept)."""
         self.total = 0.0
         self.count = 0

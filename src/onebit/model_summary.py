@@ -342,6 +342,36 @@ def _prod(dims) -> int:
     return out
 
 
+def _input_rank(model: nn.Module) -> int:
+    """How many dimensions, batch included, the model's inputs have: those of the first layer
+    with a kernel (a 2-D convolution's weight has 4, its input too); 2 for a dense layer."""
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() >= 2 and not isinstance(module, nn.Embedding):
+            return max(weight.dim(), 2)
+    return 0
+
+
+def _dummy_input(model: nn.Module, input_size) -> torch.Tensor:
+    """Zeros of ``input_size`` (the batch dimension added when it lacks it), on the model's device."""
+    if input_size is None:
+        raise ValueError(
+            "summary() needs input_size, e.g. (3, 32, 32) or (1, 3, 32, 32), or input_data "
+            "(models from create_model know their own size)"
+        )
+    size = tuple(input_size) if isinstance(input_size, (tuple, list, torch.Size)) else ()
+    if not size or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size):
+        raise ValueError(
+            f"input_size={input_size!r} must be a tuple of positive ints, e.g. (3, 32, 32) or (1, 3, 32, 32)"
+        )
+    if len(size) == _input_rank(model) - 1 or len(size) == 1:
+        size = (1, *size)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    return torch.zeros(size, device=device, dtype=dtype)
+
+
 def summary(
     model: nn.Module,
     input_size: Sequence[int] | None = None,
@@ -353,9 +383,11 @@ def summary(
 ) -> ModelSummary:
     """Profile ``model`` layer by layer and return a ``ModelSummary`` (printed unless told not to).
 
-    ``input_size`` is the shape of one dummy input *including* the batch dimension, e.g.
-    ``(1, 3, 32, 32)``; alternatively pass ``input_data`` (a tensor). MACs and output shapes are
-    per sample. ``print_fn`` receives the table (default ``print``); ``verbose=False`` or
+    ``input_size`` is the shape of one dummy input, with the batch dimension, e.g.
+    ``(1, 3, 32, 32)``, or without it, e.g. ``(3, 32, 32)`` (C, H, W: one dimension fewer than the
+    first convolution takes; F for a model that starts with a dense layer). Left out, it is the
+    model's registered default size (``create_model`` models: ``model.default_input_size``).
+    Alternatively pass ``input_data`` (a tensor). MACs and output shapes are per sample. ``print_fn`` receives the table (default ``print``); ``verbose=False`` or
     ``print_fn=None`` prints nothing. ``name`` titles the tables (default: the zoo name of a
     ``create_model`` model, else the class name). The model runs once in eval mode under ``torch.no_grad()``
     and its training mode is restored afterwards.
@@ -365,18 +397,8 @@ def summary(
     if input_data is not None and not isinstance(input_data, torch.Tensor):
         raise TypeError(f"input_data={input_data!r} must be a torch.Tensor (or pass input_size)")
     if input_data is None:
-        if input_size is None:
-            raise ValueError("summary() needs input_size (e.g. (1, 3, 32, 32)) or input_data")
-        size = tuple(input_size) if isinstance(input_size, (tuple, list, torch.Size)) else ()
-        if len(size) < 2 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size):
-            raise ValueError(
-                f"input_size={input_size!r} must be a tuple of positive ints with the batch "
-                "dimension first, e.g. (1, 3, 32, 32)"
-            )
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        input_data = torch.zeros(size, device=device, dtype=dtype)
+        input_size = input_size if input_size is not None else getattr(model, "default_input_size", None)
+        input_data = _dummy_input(model, input_size)
 
     leaves = list(_leaf_modules(model))
     calls: dict[int, list] = {id(m): [] for _, m in leaves}

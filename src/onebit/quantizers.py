@@ -79,7 +79,7 @@ class SteSign(Quantizer):
         super().__init__()
         self.clip_value = _number("SteSign", "clip_value", clip_value, none=True)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ste_sign(x, self.clip_value)
 
 
@@ -95,7 +95,7 @@ class ApproxSign(Quantizer):
 
     precision = 1
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sign_with_derivative(x, _approx_sign_derivative)
 
 
@@ -117,7 +117,7 @@ class SwishSign(Quantizer):
         bx = b * x
         return b * (2.0 - bx * torch.tanh(bx / 2.0)) / (1.0 + torch.cosh(bx))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return sign_with_derivative(x, self._derivative)
 
 
@@ -137,7 +137,7 @@ class MagnitudeAwareSign(Quantizer):
         super().__init__()
         self.clip_value = _number("MagnitudeAwareSign", "clip_value", clip_value, none=True)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         dims = tuple(range(1, x.dim()))
         scale = x.detach().abs().mean(dim=dims, keepdim=True) if dims else x.detach().abs()
         return scale * ste_sign(x, self.clip_value)
@@ -156,7 +156,7 @@ class SteHeaviside(Quantizer):
         super().__init__()
         self.clip_value = _number("SteHeaviside", "clip_value", clip_value, none=True)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ste_heaviside(x, self.clip_value)
 
 
@@ -182,7 +182,7 @@ class SteTern(Quantizer):
         self.ternary_weight_networks = bool(ternary_weight_networks)
         self.clip_value = _number("SteTern", "clip_value", clip_value, none=True)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ternary_weight_networks:
             threshold = 0.7 * x.detach().abs().mean()
         else:
@@ -212,7 +212,7 @@ class DoReFa(Quantizer):
         self.precision = self.k_bit
         self.mode = mode
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = 2**self.k_bit - 1
         if self.mode == "activations":
             return round_identity(torch.clamp(x, 0.0, 1.0), n)
@@ -241,7 +241,7 @@ class NoOp(Quantizer):
             raise ValueError(f"NoOp precision={precision!r} must be a positive int")
         self.precision = precision
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
 
@@ -264,7 +264,7 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(identifier) -> Callable | None:
+def get(identifier: str | Callable | None) -> Callable | None:
     """Resolve a quantizer: None, a registered name, an ``nn.Module`` or any callable.
 
     Names build the quantizer with its defaults ("ste_sign" -> ``SteSign()``); "none" means no
@@ -289,7 +289,7 @@ def get(identifier) -> Callable | None:
     )
 
 
-def set_precision(bits: int):
+def set_precision(bits: int) -> Callable[[type], type]:
     """Decorator giving a plain function quantizer a ``precision`` attribute."""
 
     def decorate(fn):
@@ -299,12 +299,12 @@ def set_precision(bits: int):
     return decorate
 
 
-def precision_of(quantizer) -> int | None:
+def precision_of(quantizer: Callable | None) -> int | None:
     """The precision in bits of a quantizer (None when it has none, or no quantizer)."""
     return getattr(quantizer, "precision", None) if quantizer is not None else None
 
 
-def is_binary(quantizer) -> bool:
+def is_binary(quantizer: Callable | None) -> bool:
     """Whether ``quantizer`` is 1-bit (precision 1): its layer's kernel is one of Bop's parameters
     and counts 1 bit per weight in the summary. Sign, scaled sign and {0, 1} quantizers all are."""
     return precision_of(quantizer) == 1
@@ -315,7 +315,7 @@ _SIGN_TYPES = (SteSign, ApproxSign, SwishSign)
 _PROBE = torch.tensor([-3.0, -1.0, -0.5, -1e-30, -0.0, 0.0, 1e-30, 0.5, 1.0, 3.0])
 
 
-def is_sign(quantizer, *, kernel: bool = False, probe: bool = True) -> bool:
+def is_sign(quantizer: Callable | None, *, kernel: bool = False, probe: bool = True) -> bool:
     """Whether ``quantizer``'s output is exactly sign(x) in {-1, +1} with sign(0) = +1 (any
     pseudo-gradient): what bit-packed XOR + popcount arithmetic needs.
 

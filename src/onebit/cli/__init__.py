@@ -1,6 +1,8 @@
 """The ``onebit`` command.
 
+    onebit --version                          onebit's version
     onebit train [recipe] [key=value ...]     train a recipe (default: mnist-bop, the main job)
+    onebit train my-recipe.toml [key=value]   train your own recipe file (same schema as the bundled)
     onebit train --resume RUN_DIR [key=value] continue a run bit-identically
     onebit list                               recipes (with their sources) and models
     onebit summary MODEL|RECIPE               layer table: bits, memory, MACs
@@ -20,6 +22,8 @@ from __future__ import annotations
 import functools
 import sys
 
+from .. import __version__
+from ..suggest import did_you_mean
 from . import deploy, info, train
 from .common import fail
 
@@ -36,10 +40,11 @@ COMMANDS = {
     **{name: functools.partial(train.cmd_train, default_recipe=name) for name in train.EXPERIMENTS},
 }
 
-USAGE = """usage: onebit COMMAND [...]
+USAGE = """usage: onebit COMMAND [...]    (onebit --version: the version)
 
 commands:
-  train [recipe] [key=value ...]   train a recipe (default mnist-bop, the main job); --resume RUN_DIR
+  train [recipe] [key=value ...]   train a recipe (default mnist-bop, the main job); --resume RUN_DIR;
+                                   a recipe is a bundled name or the path of your own .toml file
   list                             recipes with their sources, and models
   summary MODEL|RECIPE             layer table: bits, memory, binary/float MACs
   eval RUN_DIR                     test accuracy of a run's best checkpoint
@@ -58,9 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"onebit {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        return fail(f"unknown command {name!r}; allowed: {', '.join(COMMANDS)}")
+        return fail(f"unknown command {name!r}{did_you_mean(name, COMMANDS)}; allowed: {', '.join(COMMANDS)}")
     try:
         return COMMANDS[name](rest)  # each command prints the user's errors as one line (exit 2)
     except KeyboardInterrupt:

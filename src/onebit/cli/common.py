@@ -9,6 +9,7 @@ import sys
 
 from ..data import DataError
 from ..engine import EngineError
+from ..suggest import did_you_mean
 from ..training.config import ConfigError
 
 __all__ = [
@@ -114,7 +115,7 @@ def zoo_model(name: str, dims: tuple[int, ...] | None, num_classes: int | None =
     from ..models import create_model, list_models, model_info
 
     if name not in list_models():
-        raise UsageError(f"{name!r} is not a zoo model ({', '.join(list_models())})")
+        raise UsageError(f"{name!r} is not a zoo model{did_you_mean(name, list_models())} ({', '.join(list_models())})")
     info = model_info(name)
     kwargs = {"num_classes": num_classes} if num_classes is not None else {}
     if dims is not None and len(dims) == 3:

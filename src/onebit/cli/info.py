@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..suggest import did_you_mean
 from .common import Parser, UsageError, command, does_not_run, parse_input_size, zoo_model
 
 __all__ = ["cmd_list", "cmd_summary", "recipe_help"]
@@ -66,18 +67,19 @@ def _summary_model(name: str, shape, num_classes):
     """(model, input size) of a recipe or a zoo model name; the input size defaults to the
     recipe's data set or the model's own, and the model is built for the size asked."""
     from ..models import list_models
-    from ..recipes import list_recipes, load_recipe
+    from ..recipes import is_recipe_file, list_recipes, load_recipe
     from ..training.build import build_model
 
-    if name in list_recipes():
+    if name in list_recipes() or is_recipe_file(name):
         config = load_recipe(name).config
         shape = shape or _recipe_input(config)
         classes = num_classes or (1000 if config["dataset"] == "imagefolder" else 10)
         return build_model(config, classes, shape), shape
     if name in list_models():
         return zoo_model(name, shape, num_classes)
+    hint = did_you_mean(name, list_models() + list_recipes())
     raise UsageError(
-        f"unknown model or recipe {name!r}; models: {', '.join(list_models())}; recipes: {', '.join(list_recipes())}"
+        f"unknown model or recipe {name!r}{hint}; models: {', '.join(list_models())}; recipes: {', '.join(list_recipes())}"
     )
 
 
@@ -85,7 +87,7 @@ def _summary_model(name: str, shape, num_classes):
 def cmd_summary(argv: list[str]) -> int:
     """onebit summary MODEL|RECIPE: the layer table (bits, memory, MACs)."""
     p = Parser(prog="onebit summary", description="Print a model's layer table (bits, memory, MACs).")
-    p.add_argument("model", help="a model name or a recipe name (onebit list)")
+    p.add_argument("model", help="a model name, a recipe name (onebit list) or a recipe file")
     p.add_argument(
         "--input-size", help="C,H,W of one input (default: from the recipe, or per model; the model is built for it)"
     )

@@ -13,6 +13,7 @@ from .quantized import (
     QuantLinear,
     apply_constraints,
     binary_parameters,
+    is_binary,
     real_parameters,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "QuantLinear",
     "apply_constraints",
     "binary_parameters",
+    "is_binary",
     "real_parameters",
     "same_padding",
 ]

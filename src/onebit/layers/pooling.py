@@ -22,7 +22,7 @@ class Pool2dSame(nn.Module):
             raise ValueError(f"pool kind={kind!r} must be 'max' or 'avg'")
         self.kind, self.kernel_size, self.stride = kind, kernel_size, stride
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = [same_padding(n, self.kernel_size, self.stride, 1) for n in x.shape[2:]]
         flat = [p for before_after in reversed(pads) for p in before_after]
         if self.kind == "max":

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,10 @@ __all__ = [
     "binary_parameters",
     "real_parameters",
     "apply_constraints",
+    "is_binary",
 ]
+
+_KERNEL_OF = "_onebit_quant_layer"  # a kernel's attribute: the layer that quantizes it
 
 
 def _is_int(v) -> bool:
@@ -83,14 +87,19 @@ class QuantLayer:
         self.kernel_quantizer = quantizers.get(kernel_quantizer)
         self.kernel_constraint = kernel_constraint
         self.pad_values = float(pad_values)
+        self._mark_kernel()
+
+    def _mark_kernel(self) -> None:
+        """Tell the kernel which layer quantizes it (``is_binary(parameter)`` asks the layer)."""
+        self.weight.__dict__[_KERNEL_OF] = self
 
     @property
-    def kernel_constraint(self):
+    def kernel_constraint(self) -> Callable[[torch.Tensor], None] | None:
         """Applied in place to the weight after every optimizer step (None: no constraint)."""
         return self.__dict__.get("_kernel_constraint")
 
     @kernel_constraint.setter
-    def kernel_constraint(self, value):
+    def kernel_constraint(self, value: str | Callable | None) -> None:
         self.__dict__["_kernel_constraint"] = constraints.get(value)
         constraints.enforce(self)
 
@@ -98,6 +107,7 @@ class QuantLayer:
         # Copies (deepcopy, pickle) skip __init__: enforce their constraints too.
         super().__setstate__(state)
         constraints.enforce(self)
+        self._mark_kernel()
 
     @property
     def input_precision(self) -> int | None:
@@ -143,18 +153,18 @@ class QuantLinear(QuantLayer, nn.Linear):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
-        input_quantizer=None,
-        kernel_quantizer=None,
-        kernel_constraint=None,
+        input_quantizer: str | Callable | None = None,
+        kernel_quantizer: str | Callable | None = None,
+        kernel_constraint: str | Callable | None = None,
     ):
         _check_args("QuantLinear", {"in_features": in_features, "out_features": out_features})
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_quant(input_quantizer, kernel_quantizer, kernel_constraint)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._quantize_input(x)
         w = self.quantized_weight()
         if self._popcount_eligible():
@@ -222,7 +232,7 @@ class _QuantConvNd(QuantLayer):
         # torch pads with zeros: the symmetric part in the conv, "same"'s odd pixel before it
         return popcount.conv2d(x, w, self.bias, self.stride, self.dilation, pads, 0.0, [min(b, a) for b, a in pads])
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self._quantize_input(x)
         w = self.quantized_weight()
         y = self._popcount_forward(x, w)
@@ -244,22 +254,22 @@ def _conv_init(parent, dims):
 
     def __init__(
         self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups=1,
-        bias=True,
-        padding_mode="zeros",
-        device=None,
-        dtype=None,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | str | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
-        input_quantizer=None,
-        kernel_quantizer=None,
-        kernel_constraint=None,
-        pad_values=0.0,
+        input_quantizer: str | Callable | None = None,
+        kernel_quantizer: str | Callable | None = None,
+        kernel_constraint: str | Callable | None = None,
+        pad_values: float = 0.0,
     ):
         _check_args(
             type(self).__name__,
@@ -320,21 +330,21 @@ class QuantDepthwiseConv2d(_QuantConvNd, nn.Conv2d):
 
     def __init__(
         self,
-        in_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
+        in_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | str | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
         depth_multiplier: int = 1,
-        bias=True,
-        padding_mode="zeros",
-        device=None,
-        dtype=None,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
-        input_quantizer=None,
-        kernel_quantizer=None,
-        kernel_constraint=None,
-        pad_values=0.0,
+        input_quantizer: str | Callable | None = None,
+        kernel_quantizer: str | Callable | None = None,
+        kernel_constraint: str | Callable | None = None,
+        pad_values: float = 0.0,
     ):
         _check_args(
             "QuantDepthwiseConv2d",
@@ -368,22 +378,22 @@ class QuantConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
 
     def __init__(
         self,
-        in_channels,
-        out_channels,
-        kernel_size,
-        stride=1,
-        padding=0,
-        output_padding=0,
-        groups=1,
-        bias=True,
-        dilation=1,
-        padding_mode="zeros",
-        device=None,
-        dtype=None,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | str | tuple[int, ...] = 0,
+        output_padding: int | tuple[int, ...] = 0,
+        groups: int = 1,
+        bias: bool = True,
+        dilation: int | tuple[int, ...] = 1,
+        padding_mode: str = "zeros",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
-        input_quantizer=None,
-        kernel_quantizer=None,
-        kernel_constraint=None,
+        input_quantizer: str | Callable | None = None,
+        kernel_quantizer: str | Callable | None = None,
+        kernel_constraint: str | Callable | None = None,
     ):
         _check_args(
             "QuantConvTranspose2d",
@@ -408,7 +418,7 @@ class QuantConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
         )
         self._init_quant(input_quantizer, kernel_quantizer, kernel_constraint)
 
-    def forward(self, x, output_size=None):
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         output_padding = self._output_padding(
             x, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation
         )
@@ -427,20 +437,33 @@ class QuantConvTranspose2d(QuantLayer, nn.ConvTranspose2d):
         return super().extra_repr() + self._quant_repr()
 
 
+def is_binary(param_or_module: torch.Tensor | nn.Module) -> bool:
+    """Whether a layer, or a parameter, is binary: a quantized layer whose kernel quantizer is
+    1-bit, or such a layer's kernel (Bop's parameters; Larq's ``Bop.is_binary_variable``).
+    Everything else (biases, batch norm, real-valued layers, other modules) is not. A predicate
+    for ``CaseOptimizer((is_binary, Bop), default=Adam, params=model.parameters())``."""
+    if isinstance(param_or_module, QuantLayer):
+        return quantizers.is_binary(param_or_module.kernel_quantizer)
+    if isinstance(param_or_module, torch.Tensor):
+        layer = param_or_module.__dict__.get(_KERNEL_OF)
+        return layer is not None and layer.weight is param_or_module and is_binary(layer)
+    return False
+
+
 def _binary_weight_ids(model: nn.Module) -> dict[int, torch.Tensor]:
     found = {}
     for module in model.modules():
-        if isinstance(module, QuantLayer) and quantizers.is_binary(module.kernel_quantizer):
+        if isinstance(module, QuantLayer) and is_binary(module):
             found.setdefault(id(module.weight), module.weight)
     return found
 
 
-def binary_parameters(model: nn.Module):
+def binary_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """Yield the kernels whose layer's kernel quantizer has precision 1 (Bop's parameters)."""
     yield from _binary_weight_ids(model).values()
 
 
-def real_parameters(model: nn.Module):
+def real_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """Yield every other parameter of ``model`` (disjoint from ``binary_parameters``)."""
     binary = _binary_weight_ids(model)
     for p in model.parameters():

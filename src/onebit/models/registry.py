@@ -4,6 +4,8 @@ keyword arguments its builder takes)."""
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import inspect
 import numbers
 from collections.abc import Callable
@@ -11,7 +13,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..suggest import did_you_mean
+
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+
+NO_PRETRAINED = (
+    "create_model({name!r}, pretrained=True): onebit ships no pretrained weights; train the model "
+    "(onebit train), or load a Larq Zoo weight file (.h5) with create_model({name!r}, weights=PATH)"
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,7 @@ def _info(fn: Callable[..., nn.Module], dataset: str) -> ModelInfo:
     )
 
 
-def register_model(fn: Callable[..., nn.Module] | None = None, *, dataset: str = "imagenet"):
+def register_model(fn: Callable[..., nn.Module] | None = None, *, dataset: str = "imagenet") -> Callable:
     """Register a builder under its function name: ``@register_model`` or
     ``@register_model(dataset="cifar10")`` (the data set it was designed for; default imagenet)."""
 
@@ -72,24 +81,27 @@ def register_model(fn: Callable[..., nn.Module] | None = None, *, dataset: str =
     return register(fn) if fn is not None else register
 
 
-def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
-    return sorted(_MODELS)
+def list_models(pattern: str = "*") -> list[str]:
+    """Names of the registered models matching ``pattern`` (shell-style, as timm's:
+    ``"quicknet*"``, ``"*resnet*"``), sorted; every model by default."""
+    return sorted(n for n in _MODELS if fnmatch.fnmatchcase(n, pattern))
 
 
 def model_info(name: str) -> ModelInfo:
     """The registry's entry of model ``name`` (ValueError naming the available models if unknown)."""
     if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+        raise ValueError(f"unknown model {name!r}{did_you_mean(name, _MODELS)}; available: {', '.join(list_models())}")
     return _MODELS[name]
 
 
-def create_model(name: str, weights=None, **kwargs) -> nn.Module:
+def create_model(name: str, weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:
     """Build the registered model ``name`` with keyword arguments (e.g. ``num_classes=10``).
 
     ``weights``: a Larq Zoo / Keras weights file (``.h5`` or ``.keras``) to load into the model
     (``onebit.models.larq_zoo_weights``; needs h5py, not TensorFlow); the model is then in eval mode."""
     info = model_info(name)
+    if kwargs.pop("pretrained", False):  # timm's keyword (no weights ship): answered, never ignored
+        raise ValueError(NO_PRETRAINED.format(name=name))
     unknown = sorted(k for k in kwargs if not info.accepts(k))
     if unknown:
         raise ValueError(
@@ -101,6 +113,8 @@ def create_model(name: str, weights=None, **kwargs) -> nn.Module:
             raise ValueError(f"model {name!r}: {key}={value!r} must be an int >= 1")
     model = info.builder(**kwargs)
     model.name = name  # shown by onebit.summary
+    side = kwargs.get("image_size", info.input_size[1])
+    model.default_input_size = (kwargs.get("in_channels", info.input_size[0]), side, side)  # summary's default
     if weights is not None:
         from .larq_zoo_weights import load_larq_weights
 

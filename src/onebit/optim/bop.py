@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
@@ -173,6 +174,27 @@ def bop(
     return flips
 
 
+def _same_in_every_group(optimizer: Optimizer, key: str, name: str):
+    """The value of ``key`` shared by every param group (``ValueError`` naming them if they differ)."""
+    values = [group[key] for group in optimizer.param_groups]
+    if any(v != values[0] for v in values[1:]):
+        raise ValueError(
+            f"{type(optimizer).__name__}.{name}: the param groups differ ({', '.join(map(str, values))}); "
+            f"read optimizer.param_groups[i][{key!r}]"
+        )
+    return values[0]
+
+
+def _repr_with_gamma(optimizer: Optimizer) -> str:
+    """torch.optim's repr, with gamma (stored as ``"lr"`` for the schedulers) under its own name."""
+    lines = [f"{type(optimizer).__name__} ("]
+    for i, group in enumerate(optimizer.param_groups):
+        lines.append(f"Parameter Group {i}")
+        items = {("gamma" if k == "lr" else k): v for k, v in group.items() if k != "params"}
+        lines += [f"    {k}: {items[k]}" for k in sorted(items)]
+    return "\n".join(lines) + "\n)"
+
+
 class Bop(Optimizer):
     r"""Bop: flip a binary weight when the EMA of its gradient exceeds ``threshold`` and agrees
     with the weight's sign (Helwegen et al., 2019). Implements Larq's ``Bop`` (see module doc).
@@ -191,7 +213,7 @@ class Bop(Optimizer):
 
     def __init__(
         self,
-        params,
+        params: Iterable[torch.Tensor] | Iterable[dict],
         gamma: float = 1e-4,
         threshold: float = 1e-8,
         *,
@@ -219,8 +241,9 @@ class Bop(Optimizer):
 
     @property
     def gamma(self) -> float:
-        """gamma of the first param group (set it to change every group)."""
-        return self.param_groups[0]["lr"]
+        """gamma of every param group (set it to change every group). When the groups' gammas
+        differ there is no one value: ``ValueError``; read ``param_groups[i]["lr"]`` instead."""
+        return _same_in_every_group(self, "lr", "gamma")
 
     @gamma.setter
     def gamma(self, value: float) -> None:
@@ -230,8 +253,12 @@ class Bop(Optimizer):
 
     @property
     def threshold(self) -> float:
-        """threshold of the first param group (set it to change every group)."""
-        return self.param_groups[0]["threshold"]
+        """threshold of every param group (set it to change every group); ``ValueError`` when the
+        groups' thresholds differ (read ``param_groups[i]["threshold"]`` instead)."""
+        return _same_in_every_group(self, "threshold", "threshold")
+
+    def __repr__(self) -> str:
+        return _repr_with_gamma(self)
 
     @threshold.setter
     def threshold(self, value: float) -> None:
@@ -253,7 +280,7 @@ class Bop(Optimizer):
             exp_avgs.append(state["exp_avg"])
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One Bop step; returns the closure's loss. Flips go to ``last_flips``/state, no host sync."""
         loss = None
         if closure is not None:
@@ -301,7 +328,7 @@ class Bop2ndOrder(Optimizer):
 
     def __init__(
         self,
-        params,
+        params: Iterable[torch.Tensor] | Iterable[dict],
         gamma: float = 1e-6,
         sigma: float = 1e-2,
         threshold: float = 1e-6,
@@ -318,8 +345,11 @@ class Bop2ndOrder(Optimizer):
         super().__init__(params, defaults)
         self.last_flips: torch.Tensor | None = None
 
+    def __repr__(self) -> str:
+        return _repr_with_gamma(self)
+
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None
         if closure is not None:
             with torch.enable_grad():

@@ -21,6 +21,7 @@ parameter (of ``params``) claimed by none when there is no default.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
@@ -35,7 +36,12 @@ def _describe(p: torch.Tensor, names: dict[int, str]) -> str:
 class CaseOptimizer(Optimizer):
     """Route disjoint parameter sets to sub-optimizers and behave as one optimizer."""
 
-    def __init__(self, *optimizers, default=None, params=None):
+    def __init__(
+        self,
+        *optimizers: Optimizer | tuple[Callable[[torch.Tensor], bool], Callable[[list], Optimizer]],
+        default: Optimizer | Callable[[list], Optimizer] | None = None,
+        params: Iterable[torch.Tensor] | Iterable[tuple[str, torch.Tensor]] | None = None,
+    ):
         names: dict[int, str] = {}
         all_params = None
         if params is not None:
@@ -150,7 +156,7 @@ class CaseOptimizer(Optimizer):
         return f"CaseOptimizer(\n{inner}\n)"
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Evaluate ``closure`` once (with grad), then step every sub-optimizer."""
         loss = None
         if closure is not None:

@@ -21,6 +21,8 @@ except ModuleNotFoundError:  # Python 3.10: pip install tomli
     import tomli as tomllib
 import tomli_w
 
+from ..suggest import did_you_mean
+
 __all__ = [
     "FIELDS",
     "ConfigError",
@@ -317,7 +319,7 @@ def parse_value(key: str, text, default=None):
     """Parse ``text`` (from the command line, or a TOML value) as the type of the key's default and
     check it (choices, range); ``ConfigError`` with one line naming what is allowed."""
     if key not in FIELDS:
-        raise ConfigError(f"unknown key {key!r}; allowed keys: {_allowed_keys()}")
+        raise ConfigError(f"unknown key {key!r}{did_you_mean(key, FIELDS)}; allowed keys: {_allowed_keys()}")
     field = FIELDS[key]
     kind = type(field.default if default is None else default)
     value = _parse(key, text, kind)
