@@ -1,11 +1,12 @@
-# The two set-up commands of README.md: `make run` (the main job) and `make test` (lint, then the tests).
+# The two set-up commands of README.md: `make run` (the main job) and `make test` (lint, the docs
+# site's strict build, then the tests).
 # Both create .venv, install torch==2.13.0 first (the CPU build), then onebit with its extras.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.onebit-installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint docs format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +26,12 @@ $(LCE_VENV)/.installed:
 run: $(STAMP)
 	$(BIN)/onebit train
 
-test: lint $(LCE_VENV)/.installed
+test: lint docs $(LCE_VENV)/.installed
 	$(BIN)/python -m pytest
+
+# the documentation site (mkdocs + Material + mkdocstrings), built offline into site/; any warning fails
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -40,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bop_step.py
 
 clean:
-	rm -rf $(VENV) $(LCE_VENV)
+	rm -rf $(VENV) $(LCE_VENV) site
