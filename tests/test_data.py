@@ -98,6 +98,17 @@ def test_array_dataset_is_a_torch_dataset_for_any_dataloader():
         test[len(test)]
 
 
+def test_image_folder_is_a_torch_dataset(tmp_path):
+    pytest.importorskip("PIL")
+    train, test = load_imagefolder(write_imagefolder(tmp_path), image_size=16)
+    x, y = test[1]
+    bx, by = test.get(torch.tensor([1]))
+    assert x.shape == (3, 16, 16) and torch.equal(x, bx[0]) and int(y) == int(by[0])
+    assert len(list(torch.utils.data.DataLoader(train, batch_size=3))) == 2
+    with pytest.raises(IndexError):
+        test[len(test)]
+
+
 @pytest.mark.parametrize("compress", [False, True])
 def test_mnist_idx_roundtrip(tmp_path, compress):
     write_mnist_idx(tmp_path, compress=compress)

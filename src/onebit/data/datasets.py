@@ -106,8 +106,9 @@ class ArrayDataset(Dataset):
         return scale_to_unit(x), self.labels[indices]
 
 
-class ImageFolderDataset:
-    """Image files decoded with Pillow per batch: ``root/<class>/<image>``.
+class ImageFolderDataset(Dataset):
+    """Image files decoded with Pillow per batch: ``root/<class>/<image>``. A torch ``Dataset``
+    too: ``dataset[i]`` is one (image, label) pair for any ``DataLoader``.
 
     Training: random-resized crop (area 0.08-1, aspect 3/4-4/3) and horizontal flip; evaluation:
     centre crop of 0.875 of the short side; both resized (bicubic) to ``image_size`` and normalised
@@ -134,6 +135,14 @@ class ImageFolderDataset:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Example ``index``: (normalised float image (3, S, S), int64 label), augmented when
+        ``augment`` (random draws from torch's global generator); ``DataError`` if it does not decode."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        x, y = self.get(torch.tensor([index % len(self)]), train=True)
+        return x[0], y[0]
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -496,6 +505,7 @@ def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 0, draft: bo
         train, test, how = _in_memory(parts, classes, size, root)
     else:
         train, test = (ImageFolderDataset(*parts[s], classes, size, draft=draft) for s in ("train", "test"))
+        test.augment = False  # the centre crop, also for dataset[i]
         how = "decoded batch by batch"
     train.image_note = test.image_note = f"{why_size}, {how}"
     return train, test

@@ -5,9 +5,9 @@ keyword arguments its builder takes)."""
 from __future__ import annotations
 
 import fnmatch
-import os
 import inspect
 import numbers
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
