@@ -1,6 +1,6 @@
 """The public API carries type hints (the package ships ``py.typed``): every function and method
-that ``onebit``, ``onebit.optim``, ``onebit.quantizers``, ``onebit.layers``, ``onebit.metrics``
-and ``onebit.models`` export annotates its parameters and its return value (``__init__``: its
+that ``onebit``, ``onebit.optim``, ``onebit.quantizers``, ``onebit.layers``, ``onebit.metrics``,
+``onebit.models``, ``onebit.settings``, ``onebit.functional`` and ``onebit.xnor`` export annotates its parameters and its return value (``__init__``: its
 parameters), for the objects defined in the modules of ``CHECKED`` (the layers, quantizers,
 optimizers, metrics, summary, constraints, the zoo's registry and the package's own functions).
 Read from the signatures, so a new public callable there without hints fails here."""
@@ -13,7 +13,17 @@ import pytest
 
 import onebit
 
-MODULES = ("onebit", "onebit.optim", "onebit.quantizers", "onebit.layers", "onebit.metrics", "onebit.models")
+MODULES = (
+    "onebit",
+    "onebit.optim",
+    "onebit.quantizers",
+    "onebit.layers",
+    "onebit.metrics",
+    "onebit.models",
+    "onebit.settings",
+    "onebit.functional",
+    "onebit.xnor",
+)
 SKIP_PARAMS = ("self", "cls")
 CHECKED = (
     "onebit",
@@ -22,6 +32,10 @@ CHECKED = (
     "onebit.quantizers",
     "onebit.layers.quantized",
     "onebit.layers.pooling",
+    "onebit.layers.popcount",
+    "onebit.settings",
+    "onebit.functional",
+    "onebit.xnor",
     "onebit.metrics",
     "onebit.model_summary",
     "onebit.constraints",

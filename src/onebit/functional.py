@@ -12,6 +12,8 @@ the quantized activations of a BNN cost a quarter of the memory in backward. Und
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from . import settings
@@ -66,7 +68,7 @@ def use_torch_threads() -> None:
         torch.set_num_threads(threads)
 
 
-def sign_and_mask(x: torch.Tensor, clip: float):
+def sign_and_mask(x: torch.Tensor, clip: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(sign(x), |x| <= clip) from one threaded numba pass over ``x``, or None where it does not apply.
 
     Applies to CPU float32 tensors stored densely (contiguous or channels_last) of at least
@@ -154,14 +156,14 @@ class _SignWithGradFn(torch.autograd.Function):
         return grad * ctx.derivative(x), None
 
 
-def sign_with_derivative(x: torch.Tensor, derivative) -> torch.Tensor:
+def sign_with_derivative(x: torch.Tensor, derivative: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """sign(x) whose backward multiplies the gradient by ``derivative(x)`` (a surrogate)."""
     if not needs_grad(x):
         return sign(x)
     return _SignWithGradFn.apply(x, derivative)
 
 
-def ste_tern(x: torch.Tensor, threshold, clip_value: float | None = 1.0) -> torch.Tensor:
+def ste_tern(x: torch.Tensor, threshold: float | torch.Tensor, clip_value: float | None = 1.0) -> torch.Tensor:
     """Ternary {-1, 0, +1}: sign(sign(x + t) + sign(x - t)) (torch.sign, 0 at 0), clipped STE."""
 
     def tern(v):

@@ -28,6 +28,8 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = ["SWITCHES", "get", "override", "set"]
 
@@ -65,7 +67,7 @@ def _canonical(values: dict) -> dict:
     return out
 
 
-def get(name: str):
+def get(name: str) -> Any:
     """The current value of switch ``name`` in this thread (its override, else the process value)."""
     local = _local.get()
     if local is not None and name in local:
@@ -76,7 +78,7 @@ def get(name: str):
         raise ValueError(f"unknown onebit setting {name!r}; settings: {', '.join(sorted(SWITCHES))}") from None
 
 
-def set(**values) -> dict:  # noqa: A001  (the verb is the API: onebit.settings.set(...))
+def set(**values: Any) -> dict[str, Any]:  # noqa: A001  (the verb is the API: onebit.settings.set(...))
     """Set switches for the whole process (threads with an ``override`` keep theirs); returns the
     previous values, so ``set(**previous)`` restores them."""
     values = _canonical(values)
@@ -87,7 +89,7 @@ def set(**values) -> dict:  # noqa: A001  (the verb is the API: onebit.settings.
 
 
 @contextlib.contextmanager
-def override(**values):
+def override(**values: Any) -> Iterator[None]:
     """Context manager: the switches take these values in the current thread for the block only."""
     values = _canonical(values)
     local = dict(_local.get() or {})

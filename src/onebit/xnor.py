@@ -11,6 +11,8 @@ lives); the kernels are ``onebit.layers.popcount``. These functions read and set
 
 from __future__ import annotations
 
+import contextlib
+
 from . import settings
 from .functional import MIN_ELEMENTS, sign_and_mask
 from .layers.popcount import MIN_MACS, available, conv2d, linear
@@ -18,7 +20,7 @@ from .layers.popcount import MIN_MACS, available, conv2d, linear
 __all__ = ["MIN_ELEMENTS", "MIN_MACS", "available", "conv2d", "get_mode", "linear", "set_mode", "sign_and_mask", "use"]
 
 
-def set_mode(mode) -> str:
+def set_mode(mode: str | bool) -> str:
     """Set the popcount forward for the whole process; returns the previous mode.
 
     "on" without numba raises RuntimeError (install ``onebit[jit]`` or use "auto" / "off")."""
@@ -30,6 +32,6 @@ def get_mode() -> str:
     return settings.get("popcount_forward")
 
 
-def use(mode=True):
+def use(mode: str | bool = True) -> contextlib.AbstractContextManager[None]:
     """Context manager: ``with onebit.xnor.use(False): ...`` runs torch's path inside (this thread)."""
     return settings.override(popcount_forward=mode)

@@ -22,6 +22,8 @@ measured faster than ``NUMBA_THREADING_LAYER=workqueue``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -144,7 +146,16 @@ class _Conv2d(torch.autograd.Function):
         return gx, gw, gb, None, None, None
 
 
-def conv2d(x, w, bias, stride, dilation, pads, pad_value, conv_padding):
+def conv2d(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: tuple[int, int],
+    dilation: tuple[int, int],
+    pads: Sequence[tuple[int, int]],
+    pad_value: float,
+    conv_padding: Sequence[int],
+) -> torch.Tensor | None:
     """The popcount F.conv2d of +/-1 ``x`` (N, C, H, W) and ``w`` (O, C, kh, kw), or None.
 
     ``pads``: the full (before, after) padding per spatial dim, of ``pad_value`` (0 or 1).
@@ -200,7 +211,7 @@ class _Linear(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
-def linear(x, w, bias):
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:
     """The popcount F.linear of +/-1 ``x`` (N, K) and ``w`` (O, K), or None (as ``conv2d``)."""
     if x.dim() != 2 or not _applicable(x, w, bias) or w.shape[1] >= _MAX_K or 0 in x.shape:
         return None
