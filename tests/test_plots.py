@@ -219,7 +219,8 @@ def test_a_sweep_folder_is_redrawn_from_its_summary(tmp_path, figures):
         "\u03c4 (\u03b3=1e-2)",
     ]
     (sweep / "compare.png").unlink()
-    assert main(["plot", str(sweep)]) == 0 and (sweep / "compare.png").is_file()  # onebit plot SWEEP_DIR
+    # onebit plot SWEEP_DIR [SWEEP_DIR ...]: each redrawn, no comparison of the sweeps
+    assert main(["plot", str(sweep), str(sweep)]) == 0 and (sweep / "compare.png").is_file()
 
 
 @pytest.mark.parametrize("summary", ['{"recipe": "x"}', "not json", '{"runs": [{"label": "a"}]}'])

@@ -170,18 +170,22 @@ def cmd_plot(argv: list[str]) -> int:
     )
     p.add_argument("--title", help="the comparison's title (default the recipes and their shared settings)")
     args = p.parse_args(argv)
-    if args.label is not None and len(args.label) != len(args.run_dirs):
-        raise UsageError(f"{len(args.label)} --label for {len(args.run_dirs)} runs: give one --label per run")
-    if not args.out.lower().endswith(".png"):
-        raise UsageError(f"--out {args.out}: must be a .png file (a .pdf is written next to it)")
     from ..training.plots import is_sweep_folder, plot_compare, plot_run, plot_sweep
 
+    sweeps = [d for d in args.run_dirs if is_sweep_folder(d)]
+    runs = [d for d in args.run_dirs if d not in sweeps]
+    if args.label is not None and len(args.label) != len(runs):
+        raise UsageError(f"{len(args.label)} --label for {len(runs)} runs: give one --label per run")
+    if not args.out.lower().endswith(".png"):
+        raise UsageError(f"--out {args.out}: must be a .png file (a .pdf is written next to it)")
     try:
-        for d in args.run_dirs:
-            for path in [plot_sweep(d)] if is_sweep_folder(d) else plot_run(d):
+        for d in sweeps:
+            print(plot_sweep(d))
+        for d in runs:
+            for path in plot_run(d):
                 print(path)
-        if len(args.run_dirs) > 1:
-            print(plot_compare(args.run_dirs, args.out, labels=args.label, title=args.title))
+        if len(runs) > 1:
+            print(plot_compare(runs, args.out, labels=args.label, title=args.title))
     except (ValueError, KeyError, csv.Error) as e:  # a damaged metrics.csv / flips.csv
         what = f"missing column {e}" if isinstance(e, KeyError) else one_line(e)
         raise UsageError(

@@ -334,7 +334,12 @@ def plot_compare(
     groups, names = _groups(run_dirs, groups)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
-            2, len(names), figsize=(4.2 * len(names) + 0.6, 6.4), squeeze=False, sharex="col", sharey="row"
+            2,
+            len(names),
+            figsize=(4.2 * len(names) + 0.6 if len(names) > 1 else 9.0, 6.4),
+            squeeze=False,
+            sharex="col",
+            sharey="row",
         )
         cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         for col, name in enumerate(names):
@@ -349,7 +354,10 @@ def plot_compare(
                 _draw_compared(axes[:, col], run_dirs[members[j]], _greek(legends[j]), colors[k])
             axes[0, col].set_title(_column_title(name, shared))
             _epoch_axis(axes[1, col])
-            axes[0, col].legend(loc="lower right")
+            if len(names) > 1:
+                axes[0, col].legend(loc="lower right")
+            else:  # one column: the legend beside it, off the curves
+                axes[0, col].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0))
         axes[0, 0].set_ylabel("test accuracy (%)")
         axes[1, 0].set_ylabel(FLIP_RATIO_LABEL)
         fig.suptitle(_greek(_common_title(run_dirs, title)))
