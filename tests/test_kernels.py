@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from onebit.kernels import jit_kernels, out_size, reference, words_for
-from onebit.kernels.bits import pack_bool, pack_sign, popcount, unpack_sign
+from onebit.kernels.bits import pack_bool, pack_planes, pack_sign, popcount, quantize_levels, unpack_sign
 
 JIT = jit_kernels()
 KERNELS = [
@@ -261,3 +261,115 @@ def test_max_pool_on_bits_equals_torch(kernels, case):
     )
     assert got.shape[:3] == want.shape[:3]
     assert np.array_equal(unpack_sign(got, c), want)
+
+
+grouped_cases = st.fixed_dictionaries(
+    dict(
+        n=st.integers(1, 2),
+        h=st.integers(1, 7),
+        w=st.integers(1, 7),
+        groups=st.integers(1, 6),
+        cg=st.integers(1, 80),  # channels per group: mostly not a multiple of 64
+        og=st.integers(1, 5),  # outputs per group (depth multiplier for cg = 1)
+        k=st.integers(1, 3),
+        stride=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+        dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+        pads=st.tuples(
+            st.tuples(st.integers(0, 2), st.integers(0, 2)), st.tuples(st.integers(0, 2), st.integers(0, 2))
+        ),
+        pad_value=st.sampled_from([0, 1]),
+        seed=st.integers(0, 2**32 - 1),
+    )
+)
+
+
+def _geometry(case, k):
+    (pt, pb), (pl, pr) = case["pads"]
+    ho = out_size(case["h"], k, case["stride"][0], case["dilation"][0], pt, pb)
+    wo = out_size(case["w"], k, case["stride"][1], case["dilation"][1], pl, pr)
+    return ho, wo, (pl, pr, pt, pb)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@settings(max_examples=30, deadline=None)
+@given(case=grouped_cases)
+def test_grouped_convs_equal_torch(kernels, case):
+    """Grouped and depthwise convs, binary (each group packed in its own words) and float, ==
+    F.conv2d(groups=...) of the same tensors."""
+    g, cg, og, k = case["groups"], case["cg"], case["og"], case["k"]
+    ho, wo, torch_pads = _geometry(case, k)
+    assume(ho > 0 and wo > 0)
+    gen = torch.Generator().manual_seed(case["seed"])
+    c, o = g * cg, g * og
+    x, wt = pm_one(gen, (case["n"], c, case["h"], case["w"])), pm_one(gen, (o, cg, k, k))
+    conv = dict(stride=case["stride"], dilation=case["dilation"], groups=g)
+    want = F.conv2d(F.pad(x, torch_pads, value=float(case["pad_value"])), wt, **conv).permute(0, 2, 3, 1).numpy()
+    args = (case["stride"], case["dilation"], case["pads"], case["pad_value"])
+    xp, kp = pack_sign(x.permute(0, 2, 3, 1).numpy(), g), pack_sign(wt.permute(0, 2, 3, 1).numpy())
+    assert xp.shape[-1] == g * words_for(cg)
+    ones, zeros = np.ones(o, np.float32), np.zeros(o, np.float32)
+    got = kernels.bconv2d(xp, kp, cg, *args, "float", ones, zeros, groups=g)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    sgn, thr = thresholds(gen, o)
+    assert np.array_equal(
+        kernels.bconv2d(xp, kp, cg, *args, "bits", sgn=sgn, thr=thr, groups=g), pack_bool(sgn * want < thr)
+    )
+    xf = torch.randn(x.shape, generator=gen)
+    wf = torch.randn(wt.shape, generator=gen)
+    want_f = F.conv2d(F.pad(xf, torch_pads, value=float(case["pad_value"])), wf, **conv).permute(0, 2, 3, 1).numpy()
+    wmat = np.ascontiguousarray(wf.permute(2, 3, 1, 0).reshape(-1, o).numpy())
+    got_f = kernels.conv2d(xf.permute(0, 2, 3, 1).numpy(), wmat, None, (k, k), *args, groups=g)
+    np.testing.assert_allclose(got_f, want_f, rtol=1e-5, atol=1e-4)
+
+
+plane_cases = st.fixed_dictionaries(
+    dict(
+        n=st.integers(1, 2),
+        h=st.integers(1, 6),
+        w=st.integers(1, 6),
+        c=st.integers(1, 150),
+        o=st.integers(1, 70),
+        k=st.integers(1, 3),
+        bits=st.integers(1, 4),
+        stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+        dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+        pads=st.tuples(
+            st.tuples(st.integers(0, 2), st.integers(0, 2)), st.tuples(st.integers(0, 2), st.integers(0, 2))
+        ),
+        seed=st.integers(0, 2**32 - 1),
+    )
+)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@settings(max_examples=30, deadline=None)
+@given(case=plane_cases)
+def test_bit_plane_conv_and_dense_equal_torch(kernels, case):
+    """k-bit activations (levels 0 .. 2^k - 1 as packed bit-planes, zero padding) with a +/-1
+    kernel: two popcounts per plane == F.conv2d / F.linear of the integer levels."""
+    n, c, o, k, bits = (case[key] for key in ("n", "c", "o", "k", "bits"))
+    ho, wo, torch_pads = _geometry(case, k)
+    assume(ho > 0 and wo > 0)
+    gen = torch.Generator().manual_seed(case["seed"])
+    x = torch.rand((n, c, case["h"], case["w"]), generator=gen) * 1.2 - 0.1  # clipped at both ends
+    q = torch.from_numpy(quantize_levels(x.numpy(), 2**bits - 1)).float()
+    assert torch.equal(q, torch.round(torch.clamp(x, 0, 1) * (2**bits - 1)))  # torch's rule
+    wt = pm_one(gen, (o, c, k, k))
+    want = F.conv2d(F.pad(q, torch_pads), wt, stride=case["stride"], dilation=case["dilation"])
+    want = want.permute(0, 2, 3, 1).numpy()
+    xp = pack_planes(q.permute(0, 2, 3, 1).numpy().astype(np.int64), bits)
+    kp = pack_sign(wt.permute(0, 2, 3, 1).numpy())
+    ones, zeros = np.ones(o, np.float32), np.zeros(o, np.float32)
+    geometry = (case["stride"], case["dilation"], case["pads"])
+    got = kernels.bconv2d_planes(xp, kp, bits, *geometry, "float", ones, zeros)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    sgn, thr = thresholds(gen, o)
+    assert np.array_equal(
+        kernels.bconv2d_planes(xp, kp, bits, *geometry, "bits", sgn=sgn, thr=thr), pack_bool(sgn * want < thr)
+    )
+    qd, wd = q.reshape(n, -1), pm_one(gen, (o, c * case["h"] * case["w"]))
+    want_d = F.linear(qd, wd).numpy()
+    got_d = kernels.bdense_planes(
+        pack_planes(qd.numpy().astype(np.int64), bits), pack_sign(wd.numpy()), bits, "float", ones, zeros
+    )
+    assert np.array_equal(got_d, want_d)

@@ -15,6 +15,8 @@ from one forward pass on zeros of ``input_size``, and every node becomes an engi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import operator
 from dataclasses import dataclass, field
 
@@ -120,6 +122,69 @@ def _bn_affine(bn):
     return a.numpy().astype(np.float32), (b - bn.running_mean.float() * a).numpy().astype(np.float32)
 
 
+def _target_name(node) -> str:
+    t = node.target
+    return t if isinstance(t, str) else getattr(t, "__qualname__", None) or getattr(t, "__name__", str(t))
+
+
+def _describe(node) -> str:
+    """How a refusal names a graph node: the layer's module path or the op and its function."""
+    if node.op == "call_module":
+        return f"layer {node.target!r}"
+    return f"op {node.name!r} ({_target_name(node)})"
+
+
+_MAX_PLANES = 8  # multi-bit activations run as this many bit-planes at most
+
+
+def _activation_bits(quantizer) -> int | None:
+    """Bits of a DoReFa activation quantizer (the engine runs them as bit-planes), else None."""
+    if isinstance(quantizer, q.DoReFa) and quantizer.mode == "activations" and quantizer.k_bit <= _MAX_PLANES:
+        return quantizer.k_bit
+    return None
+
+
+def _activation(m):
+    """(engine op kind, attributes) of an activation module, or None."""
+    if isinstance(m, nn.ReLU):
+        return "relu", {}
+    if isinstance(m, nn.Hardtanh):  # ReLU6 too
+        return "hardtanh", {"min": float(m.min_val), "max": float(m.max_val)}
+    if isinstance(m, nn.PReLU):
+        return "prelu", {"slope": m.weight.detach().float().numpy().copy()}
+    if isinstance(m, nn.LeakyReLU):
+        return "prelu", {"slope": np.array([m.negative_slope], np.float32)}
+    if isinstance(m, nn.Sigmoid):
+        return "sigmoid", {}
+    if isinstance(m, nn.Tanh):
+        return "tanh", {}
+    return None
+
+
+class _Recorder(ShapeProp):
+    """ShapeProp that also keeps every node's non-tensor result (``x.shape[1] - 64``: the ints
+    that shape arithmetic feeds into ``F.pad`` and the like)."""
+
+    def __init__(self, gm):
+        super().__init__(gm)
+        self.values: dict = {}
+
+    def run_node(self, n):
+        result = super().run_node(n)
+        if not isinstance(result, torch.Tensor):
+            self.values[n.name] = result
+        return result
+
+
+def _resolve(value, values):
+    """``value`` with every fx node replaced by its recorded result (for shape arithmetic)."""
+    if isinstance(value, fx.Node):
+        return values.get(value.name)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_resolve(v, values) for v in value)
+    return value
+
+
 class _GraphBuilder:
     """Turns the traced torch graph into the list of float-semantics ``_Op``s."""
 
@@ -137,9 +202,10 @@ class _GraphBuilder:
         except Exception as e:  # noqa: BLE001 - any tracing failure is a refusal
             raise EngineError(f"cannot trace {type(self.model).__name__} with torch.fx: {e}") from None
         gm = fx.GraphModule(self.model, graph)
+        recorder = _Recorder(gm)
         try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(torch.zeros(self.input_size))
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
+                recorder.propagate(torch.zeros(self.input_size))
         except Exception as e:  # noqa: BLE001 - torch's shape errors, wrapped by fx
             cause = e.__cause__ or e
             reason = next((t.strip() for t in str(cause).splitlines() if t.strip()), type(cause).__name__)
@@ -147,6 +213,7 @@ class _GraphBuilder:
                 f"input_size={self.input_size}: {type(self.model).__name__} does not run on it ({reason})"
             ) from None
         self.output = None
+        self.values = recorder.values
         for node in gm.graph.nodes:
             meta = node.meta.get("tensor_meta")
             if meta is not None and hasattr(meta, "shape"):
@@ -162,7 +229,7 @@ class _GraphBuilder:
 
     def _arg(self, node, a, what="input"):
         if not isinstance(a, fx.Node) or (a.name not in self.shapes and a.name not in self.alias):
-            raise EngineError(f"layer {node.target!s}: {what} {a!r} is not a tensor of the graph")
+            raise EngineError(f"{_describe(node)}: {what} {a!r} is not a tensor of the graph")
         return self.alias.get(a.name, a.name)
 
     def _node(self, node):
@@ -195,19 +262,14 @@ class _GraphBuilder:
         name = node.target
         x = self._arg(node, node.args[0])
         in_shape = self.shapes.get(node.args[0].name)
-        if isinstance(m, QuantDepthwiseConv2d) or (isinstance(m, nn.Conv2d) and m.groups != 1):
-            raise EngineError(
-                f"layer {name!r} ({type(m).__name__}): grouped/depthwise convolutions "
-                f"are not supported; the engine runs groups=1"
-            )
-        if isinstance(m, (QuantLinear, QuantConv2d, nn.Linear, nn.Conv2d)):
+        if isinstance(m, (QuantLinear, QuantConv2d, QuantDepthwiseConv2d, nn.Linear, nn.Conv2d)):
             return self._layer(node, m, x, in_shape)
         if isinstance(m, QuantLayer) or isinstance(
             m, (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
         ):
             raise EngineError(
                 f"layer {name!r} ({type(m).__name__}) is not supported; the engine runs "
-                f"Conv2d/Linear (quantized or not), pooling, batch norm and adds"
+                f"Conv2d (grouped and depthwise too) and Linear, quantized or not"
             )
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             if len(in_shape) not in (2, 4):
@@ -217,6 +279,39 @@ class _GraphBuilder:
             except EngineError as e:
                 raise EngineError(f"layer {name!r}: {e}") from None
             return self._add("bn", node, [x], m, mul=mul, add=add)
+        if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d, Pool2dSame, nn.AdaptiveAvgPool2d)):
+            return self._pool(node, m, x, in_shape)
+        if isinstance(m, nn.Flatten):
+            return self._flatten(node, x)
+        if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d)):
+            self.alias[node.name] = x
+            return
+        if isinstance(m, q.Quantizer) or callable(m) and q.precision_of(m) is not None:
+            return self._quantizer(node, m, x, in_shape)
+        activation = _activation(m)
+        if activation is not None:
+            kind, attrs = activation
+            return self._add(kind, node, [x], **attrs)
+        raise EngineError(f"layer {name!r} ({type(m).__name__}) is not supported by the engine")
+
+    def _quantizer(self, node, m, x, in_shape, out=None, name=None):
+        """A sign quantizer (``sign``) or k-bit DoReFa activations (``levels``); else a refusal."""
+        name = name or node.target
+        if q.is_sign(m):
+            return self._add("sign", node, [x], out=out, name=name, shape=in_shape if out else None)
+        bits = _activation_bits(m)
+        if bits is None:
+            raise EngineError(
+                f"layer {name!r}: quantizer {_qname(m)} is neither a sign (+/-1) quantizer nor "
+                f"DoReFa activations of 1 to {_MAX_PLANES} bits; the engine runs those"
+            )
+        attrs = dict(levels=2**bits - 1, planes=bits)
+        return self._add("levels", node, [x], out=out, name=name, shape=in_shape if out else None, **attrs)
+
+    def _pool(self, node, m, x, in_shape):
+        name = node.target
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            return self._gap(node, x, m.output_size, keepdims=True)
         if isinstance(m, nn.MaxPool2d):
             if m.return_indices or nn.modules.utils._pair(m.dilation) != (1, 1):
                 raise EngineError(f"layer {name!r}: max-pool with dilation or indices is not supported")
@@ -224,52 +319,14 @@ class _GraphBuilder:
             return self._add("maxpool", node, [x], kernel=k, stride=s, padding=p, ceil_mode=bool(m.ceil_mode))
         if isinstance(m, nn.AvgPool2d):
             k, s, p = _pool_params(m.kernel_size, m.stride, m.padding)
-            return self._add(
-                "avgpool",
-                node,
-                [x],
-                kernel=k,
-                stride=s,
-                padding=p,
-                ceil_mode=bool(m.ceil_mode),
-                count_include_pad=bool(m.count_include_pad),
-                divisor_override=m.divisor_override,
-            )
-        if isinstance(m, Pool2dSame):
-            k, st = int(m.kernel_size), int(m.stride)
-            pads = [list(same_padding(int(n), k, st, 1)) for n in in_shape[2:]]
-            if m.kind == "max":
-                return self._add("maxpool", node, [x], kernel=[k, k], stride=[st, st], padding=pads, ceil_mode=False)
-            return self._add(
-                "avgpool",
-                node,
-                [x],
-                kernel=[k, k],
-                stride=[st, st],
-                padding=pads,
-                ceil_mode=False,
-                count_include_pad=False,
-                divisor_override=None,
-            )
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-            return self._gap(node, x, m.output_size, keepdims=True)
-        if isinstance(m, nn.Flatten):
-            return self._flatten(node, x)
-        if isinstance(m, nn.ReLU):
-            return self._add("relu", node, [x])
-        if isinstance(m, nn.Hardtanh):
-            return self._add("hardtanh", node, [x], min=float(m.min_val), max=float(m.max_val))
-        if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d)):
-            self.alias[node.name] = x
-            return
-        if isinstance(m, q.Quantizer) or callable(m) and q.precision_of(m) is not None:
-            if not q.is_sign(m):
-                raise EngineError(
-                    f"layer {name!r}: quantizer {_qname(m)} is not a sign (+/-1) "
-                    f"quantizer; the engine runs sign activations only"
-                )
-            return self._add("sign", node, [x])
-        raise EngineError(f"layer {name!r} ({type(m).__name__}) is not supported by the engine")
+            avg = dict(count_include_pad=bool(m.count_include_pad), divisor_override=m.divisor_override)
+            return self._add("avgpool", node, [x], kernel=k, stride=s, padding=p, ceil_mode=bool(m.ceil_mode), **avg)
+        k, st = int(m.kernel_size), int(m.stride)  # Pool2dSame
+        pads = [list(same_padding(int(n), k, st, 1)) for n in in_shape[2:]]
+        window = dict(kernel=[k, k], stride=[st, st], padding=pads, ceil_mode=False)
+        if m.kind == "max":
+            return self._add("maxpool", node, [x], **window)
+        return self._add("avgpool", node, [x], count_include_pad=False, divisor_override=None, **window)
 
     def _layer(self, node, m, x, in_shape):
         name = node.target
@@ -282,19 +339,13 @@ class _GraphBuilder:
         if not conv and len(in_shape) != 2:
             raise EngineError(f"layer {name!r}: Linear on a {len(in_shape)}-D input; flatten first")
         iq = getattr(m, "input_quantizer", None)
-        binary_input = False
-        if iq is not None:
-            if not q.is_sign(iq):
-                raise EngineError(
-                    f"layer {name!r}: input_quantizer {_qname(iq)} is not a sign "
-                    f"(+/-1) quantizer; the engine runs sign or real-valued inputs"
-                )
-            binary_input = True
         kernel = _binary_kernel(m, name) if isinstance(m, QuantLayer) else None
         pad_value = float(getattr(m, "pad_values", 0.0))
         attrs = dict(
-            binary_input=binary_input,
+            binary_input=iq is not None and q.is_sign(iq),
+            planes=0 if iq is None or q.is_sign(iq) else _activation_bits(iq) or 0,
             kernel=kernel,
+            groups=int(getattr(m, "groups", 1)),
             bias=None if m.bias is None else m.bias.detach().float().numpy().copy(),
             weight=m.weight.detach().float().numpy().copy(),
         )
@@ -307,13 +358,19 @@ class _GraphBuilder:
                 padding=[list(p) for p in pads],
                 pad_value=pad_value,
             )
-            if binary_input and kernel is not None and pad_value not in (0.0, 1.0) and any(v for p in pads for v in p):
+            padded = any(v for p in pads for v in p)
+            if attrs["binary_input"] and kernel is not None and pad_value not in (0.0, 1.0) and padded:
                 raise EngineError(
                     f"layer {name!r}: pad_values={pad_value} on a binary input; "
                     f"the engine pads binary inputs with 0 or 1"
                 )
-        if binary_input:
-            x = self._add("sign", node, [x], out=node.name + "__sign", name=name, shape=in_shape)
+            if attrs["planes"] and kernel is not None and pad_value != 0.0 and padded:
+                raise EngineError(
+                    f"layer {name!r}: pad_values={pad_value} on {attrs['planes']}-bit inputs; "
+                    f"the engine pads multi-bit inputs with 0"
+                )
+        if iq is not None:
+            x = self._quantizer(node, iq, x, in_shape, out=node.name + "__in", name=name)
         return self._add("conv" if conv else "linear", node, [x], m, **attrs)
 
     def _gap(self, node, x, output_size, keepdims):
@@ -340,25 +397,31 @@ class _GraphBuilder:
 
     def _function(self, node):
         t = node.target
-        name = t if isinstance(t, str) else getattr(t, "__name__", str(t))
-        tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+        name = _target_name(node)
+        method = node.op == "call_method"
         if node.name not in self.shapes:
-            return  # shape arithmetic (x.size(0), x.shape): feeds view/reshape, which use shapes
-        if t in (operator.add, operator.iadd, torch.add) or (node.op == "call_method" and t in ("add", "add_")):
-            if len(tensor_args) != 2 or len(node.args) != 2 or node.kwargs:
-                raise EngineError(f"op {node.name!r} ({name}): the engine adds two tensors only")
-            a, b = (self._arg(node, v) for v in node.args)
-            if self.shapes[node.args[0].name] != self.shapes[node.args[1].name]:
-                raise EngineError(f"op {node.name!r}: add with broadcasting is not supported")
-            return self._add("add", node, [a, b], name=node.name)
+            return  # shape arithmetic (x.size(0), x.shape): feeds view/reshape/pad, which use values
+        if t in (operator.add, operator.iadd, torch.add, operator.mul, operator.imul, torch.mul) or (
+            method and t in ("add", "add_", "mul", "mul_")
+        ):
+            return self._binary_op(
+                node, "mul" if t in (operator.mul, operator.imul, torch.mul, "mul", "mul_") else "add"
+            )
+        if t is torch.cat or t is torch.concat:
+            return self._concat(node)
+        if t is F.pad:
+            return self._pad(node)
+        if t is operator.getitem:
+            return self._getitem(node)
         x = self._arg(node, node.args[0]) if node.args else None
-        if t in (torch.flatten,) or (node.op == "call_method" and t in ("flatten", "view", "reshape")):
+        if t in (torch.flatten,) or (method and t in ("flatten", "view", "reshape")):
             return self._flatten(node, x)
-        if t in (F.relu, torch.relu) or (node.op == "call_method" and t == "relu"):
-            return self._add("relu", node, [x], name=node.name)
+        elementwise = _FUNCTIONS.get(t) or (_METHODS.get(t) if method else None)
+        if elementwise is not None:
+            return self._elementwise(node, elementwise, x)
         if t is F.adaptive_avg_pool2d:
             return self._gap(node, x, node.args[1] if len(node.args) > 1 else node.kwargs["output_size"], keepdims=True)
-        if t is torch.mean or (node.op == "call_method" and t == "mean"):
+        if t is torch.mean or (method and t == "mean"):
             dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
             keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
             src = self.shapes[node.args[0].name]
@@ -371,6 +434,106 @@ class _GraphBuilder:
         if t is F.max_pool2d or t is F.avg_pool2d:
             raise EngineError(f"op {node.name!r} ({name}): use nn.MaxPool2d / nn.AvgPool2d modules")
         raise EngineError(f"op {node.name!r} ({name}) is not supported by the engine")
+
+    def _elementwise(self, node, kind, x):
+        """relu, sigmoid, tanh, clamp as functions or methods (clamp's bounds from its arguments)."""
+        if kind != "hardtanh":
+            return self._add(kind, node, [x], name=node.name)
+        lo = node.kwargs.get("min", node.args[1] if len(node.args) > 1 else None)
+        hi = node.kwargs.get("max", node.args[2] if len(node.args) > 2 else None)
+        if node.target is F.hardtanh:
+            lo = -1.0 if lo is None else lo
+            hi = 1.0 if hi is None else hi
+        lo, hi = _resolve(lo, self.values), _resolve(hi, self.values)
+        if not all(v is None or isinstance(v, (int, float)) for v in (lo, hi)):
+            raise EngineError(f"op {node.name!r} ({_target_name(node)}): clamp bounds must be numbers")
+        bounds = dict(min=float("-inf") if lo is None else float(lo), max=float("inf") if hi is None else float(hi))
+        return self._add("hardtanh", node, [x], name=node.name, **bounds)
+
+    def _binary_op(self, node, kind):
+        """add / mul of two tensors (mul: one may be (N, C, 1, 1) or (N, C) -> broadcast) or of a
+        tensor and a number."""
+        if len(node.args) != 2 or node.kwargs:
+            raise EngineError(f"op {node.name!r} ({_target_name(node)}): the engine {kind}s two operands only")
+        a, b = node.args
+        if not isinstance(a, fx.Node):
+            a, b = b, a
+        x = self._arg(node, a)
+        if not isinstance(b, fx.Node):
+            if not isinstance(b, (int, float)):
+                raise EngineError(f"op {node.name!r}: {kind} by {b!r}; the engine takes a tensor or a number")
+            return self._add(kind + "_scalar", node, [x], name=node.name, value=float(b))
+        shapes = self.shapes[a.name], self.shapes[b.name]
+        out = self.shapes[node.name]
+        if shapes[0] != shapes[1] and not (kind == "mul" and _broadcasts_per_channel(shapes, out)):
+            raise EngineError(
+                f"op {node.name!r}: {kind} of shapes {shapes[0]} and {shapes[1]}; the engine {kind}s equal "
+                f"shapes{' or a per-channel (N, C, 1, 1) factor' if kind == 'mul' else ''}"
+            )
+        return self._add(kind, node, [x, self._arg(node, b)], name=node.name)
+
+    def _concat(self, node):
+        parts = node.args[0]
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if not isinstance(parts, (list, tuple)) or not parts:
+            raise EngineError(f"op {node.name!r} (cat): expected a list of tensors")
+        rank = len(self.shapes[node.name])
+        if dim % rank != 1:
+            raise EngineError(
+                f"op {node.name!r} (cat): concatenation along dim {dim}; the engine concatenates channels (dim 1)"
+            )
+        return self._add("concat", node, [self._arg(node, v) for v in parts], name=node.name)
+
+    def _pad(self, node):
+        x = self._arg(node, node.args[0])
+        pads = _resolve(node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else None), self.values)
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = _resolve(node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None), self.values)
+        rank = len(self.shapes[node.name])
+        ok = isinstance(pads, (list, tuple)) and len(pads) % 2 == 0 and len(pads) // 2 <= rank - 1
+        if not ok or mode != "constant" or not all(isinstance(v, int) and v >= 0 for v in pads):
+            raise EngineError(
+                f"op {node.name!r} (pad): pad={pads!r} mode={mode!r}; the engine pads with a constant, "
+                f"by non-negative amounts, not the batch axis"
+            )
+        widths = [[0, 0]] * rank
+        for i in range(len(pads) // 2):  # F.pad lists the last dim first
+            widths[rank - 1 - i] = [pads[2 * i], pads[2 * i + 1]]
+        return self._add("pad", node, [x], name=node.name, widths=widths, value=float(value or 0.0))
+
+    def _getitem(self, node):
+        """``x[:, :, None, None]`` (a (N, C) tensor as (N, C, 1, 1)); other indexing is refused."""
+        src, index = node.args
+        full = slice(None, None, None)
+        if self.shapes.get(src.name, ())[:2] == self.shapes[node.name][:2] and index == (full, full, None, None):
+            return self._add("expand_hw", node, [self._arg(node, src)], name=node.name)
+        raise EngineError(f"op {node.name!r} (getitem): indexing {index!r}; the engine takes x[:, :, None, None] only")
+
+
+def _broadcasts_per_channel(shapes, out) -> bool:
+    """Whether two 4-D shapes are a map and a per-channel factor (N, C, 1, 1) (in either order)."""
+    a, b = shapes
+    return (
+        len(a) == len(b) == 4
+        and tuple(out) in (tuple(a), tuple(b))
+        and min(a[2:] + b[2:]) >= 1
+        and (a[2:] == (1, 1) or b[2:] == (1, 1))
+        and a[:2] == b[:2]
+    )
+
+
+_FUNCTIONS = {
+    F.relu: "relu",
+    torch.relu: "relu",
+    torch.sigmoid: "sigmoid",
+    F.sigmoid: "sigmoid",
+    torch.tanh: "tanh",
+    F.tanh: "tanh",
+    torch.clamp: "hardtanh",
+    torch.clip: "hardtanh",
+    F.hardtanh: "hardtanh",
+}
+_METHODS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "clamp": "hardtanh", "clip": "hardtanh"}
 
 
 # --------------------------------------------------------------------------------- lowering
@@ -411,29 +574,45 @@ class _Lowering:
         kind, vid, meta = self.env[value]
         if kind == "float":
             return vid
-        if kind == "sign":  # sign of a float value, needed as floats
-            key = ("sign", vid)
+        if kind in ("sign", "levels"):  # a quantizer of a float value, needed as floats
+            key = (kind, vid)
             if key not in self.cache:
-                self.cache[key] = self.emit("sign", [vid])
+                attrs = {"levels": meta["levels"]} if kind == "levels" else {}
+                self.cache[key] = self.emit(kind, [vid], **attrs)
             return self.cache[key]
         key = ("unpack", vid)
         if key not in self.cache:
             self.cache[key] = self.emit("unpack", [vid], channels=meta["width"])
         return self.cache[key]
 
-    def bits_of(self, value, consumer):
+    def bits_of(self, value, consumer, groups=1):
+        """Packed sign bits of ``value`` for a binary layer of ``groups`` groups, and their layout."""
         kind, vid, meta = self.env[value]
         if kind == "bits":
-            return vid, meta
+            if groups == 1 or (meta["channels"] // groups) % 64 == 0:
+                return vid, meta  # each group's channels already start a word
+            kind, vid, meta = "sign", self.float_of(value), {"shape": None, "channels": meta["channels"]}
         if kind != "sign":
             raise EngineError(f"layer {consumer!r}: binary input is not a sign() value")
         src_shape = meta["shape"]
-        key = ("pack", vid)
+        key = ("pack", vid, groups)
         if key not in self.cache:
-            self.cache[key] = self.emit("pack", [vid])
+            self.cache[key] = self.emit("pack", [vid], **({"groups": groups} if groups > 1 else {}))
+        if src_shape is None:
+            return self.cache[key], {"positions": 1, "channels": meta["channels"]}
         if len(src_shape) == 4:
             return self.cache[key], {"positions": src_shape[2] * src_shape[3], "channels": src_shape[1]}
         return self.cache[key], {"positions": 1, "channels": src_shape[1]}
+
+    def planes_of(self, value, consumer):
+        """Packed bit-planes of a multi-bit (DoReFa) activation, for a layer with a 1-bit kernel."""
+        kind, vid, meta = self.env[value]
+        if kind != "levels":
+            raise EngineError(f"layer {consumer!r}: multi-bit input is not a DoReFa activation")
+        key = ("planes", vid, meta["levels"])
+        if key not in self.cache:
+            self.cache[key] = self.emit("pack_levels", [vid], levels=meta["levels"], planes=meta["planes"])
+        return self.cache[key], {"positions": 1, "channels": meta["shape"][1]}
 
     # fusion: binary layer -> [maxpool] -> [bn] -> [maxpool | flatten] -> sign
     def find_fusions(self):
@@ -465,7 +644,7 @@ class _Lowering:
 
     def _plan(self, layer, chain, sign_op):
         bns = [c for c in chain if c.kind == "bn"]
-        if len(bns) > 1:
+        if len(bns) > 1 or layer.attrs["groups"] != 1:
             return None
         seen_flatten = False
         for c in chain:
@@ -498,6 +677,8 @@ class _Lowering:
 
     def _sign(self, op):
         kind, vid, meta = self.env[op.inputs[0]]
+        if kind == "levels":
+            kind, vid = "float", self.float_of(op.inputs[0])
         if kind == "float":
             shape = self.by_out[op.inputs[0]].shape if op.inputs[0] in self.by_out else None
             self.env[op.out] = ("sign", vid, {"shape": op.shape or shape})
@@ -514,11 +695,18 @@ class _Lowering:
         return pack_bool(bits.reshape(o, c, p).transpose(0, 2, 1)).reshape(o, -1)
 
     def _binary_layer(self, op, mode_arrays, mode):
-        in_bits, in_meta = self.bits_of(op.inputs[0], op.name)
-        weight = self._binary_weights(op, in_meta)
-        arrays = {"weight": weight, **mode_arrays}
-        w = op.attrs["weight"]
+        a = op.attrs
+        planes = a["planes"]
+        if planes:
+            in_bits, in_meta = self.planes_of(op.inputs[0], op.name)
+        else:
+            in_bits, in_meta = self.bits_of(op.inputs[0], op.name, a["groups"])
+        arrays = {"weight": self._binary_weights(op, in_meta), **mode_arrays}
+        w = a["weight"]
         if op.kind == "conv":
+            geometry = dict(kernel=a["kernel_size"], stride=a["stride"], dilation=a["dilation"], padding=a["padding"])
+            if planes:
+                return self.emit("bconv2d_planes", [in_bits], op.name, arrays, mode=mode, planes=planes, **geometry)
             return self.emit(
                 "bconv2d",
                 [in_bits],
@@ -527,37 +715,52 @@ class _Lowering:
                 mode=mode,
                 in_channels=int(w.shape[1]),
                 out_channels=int(w.shape[0]),
-                kernel=op.attrs["kernel_size"],
-                stride=op.attrs["stride"],
-                dilation=op.attrs["dilation"],
-                padding=op.attrs["padding"],
-                pad_value=int(op.attrs["pad_value"]),
+                pad_value=int(a["pad_value"]),
+                **({"groups": a["groups"]} if a["groups"] > 1 else {}),
+                **geometry,
             )
+        if planes:
+            return self.emit("bdense_planes", [in_bits], op.name, arrays, mode=mode, planes=planes)
+        layout = {"positions": in_meta["positions"]} if in_meta["positions"] > 1 else {}  # a flattened map
         return self.emit(
-            "bdense", [in_bits], op.name, arrays, mode=mode, in_features=int(w.shape[1]), out_features=int(w.shape[0])
+            "bdense",
+            [in_bits],
+            op.name,
+            arrays,
+            mode=mode,
+            in_features=int(w.shape[1]),
+            out_features=int(w.shape[0]),
+            **layout,
         )
+
+    def _binary_float(self, op):
+        """A binary layer with a float output ``d * mul + add``: its kernel scale (divided by the
+        levels of multi-bit inputs) and bias, and a following batch norm nothing else reads."""
+        a = op.attrs
+        o = a["weight"].shape[0]
+        alpha = a["kernel"][1]
+        mul = alpha if alpha is not None else np.ones(o, np.float32)
+        if a["planes"]:
+            mul = (mul / np.float32(2 ** a["planes"] - 1)).astype(np.float32)
+        add = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
+        nxt = [c for c in self.ops if op.out in c.inputs]
+        bn = nxt[0] if len(nxt) == 1 and nxt[0].kind == "bn" and self.uses[op.out] == 1 else None
+        if bn is not None and bn.module.num_features == o:
+            mul = mul * bn.attrs["mul"]
+            add = add * bn.attrs["mul"] + bn.attrs["add"]
+            self._absorbed_bn = getattr(self, "_absorbed_bn", set()) | {id(bn)}
+        else:
+            bn = None
+        arrays = {"mul": mul.astype(np.float32), "add": np.asarray(add, np.float32)}
+        out = self._binary_layer(op, arrays, "float")
+        self.env[op.out] = ("float", out, None)
+        if bn is not None:
+            self.env[bn.out] = ("float", out, None)
 
     def _conv(self, op):
         a = op.attrs
-        if a["binary_input"] and a["kernel"] is not None:
-            alpha = a["kernel"][1]
-            o = a["weight"].shape[0]
-            mul = alpha if alpha is not None else np.ones(o, np.float32)
-            add = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
-            # fold a following batch norm that nothing else reads
-            nxt = [c for c in self.ops if op.out in c.inputs]
-            if len(nxt) == 1 and nxt[0].kind == "bn" and self.uses[op.out] == 1 and nxt[0].module.num_features == o:
-                bn = nxt[0]
-                mul = (mul * bn.attrs["mul"]).astype(np.float32)
-                add = (add * bn.attrs["mul"] + bn.attrs["add"]).astype(np.float32)
-                self._absorbed_bn = getattr(self, "_absorbed_bn", set()) | {id(bn)}
-                out = self._binary_layer(op, {"mul": mul, "add": add}, "float")
-                self.env[op.out] = ("float", out, None)
-                self.env[bn.out] = ("float", out, None)
-                return
-            out = self._binary_layer(op, {"mul": mul.astype(np.float32), "add": add.astype(np.float32)}, "float")
-            self.env[op.out] = ("float", out, None)
-            return
+        if a["kernel"] is not None and (a["binary_input"] or a["planes"]):
+            return self._binary_float(op)
         x = self.float_of(op.inputs[0])
         arrays = self._float_weights(op)
         if op.kind == "conv":
@@ -572,6 +775,7 @@ class _Lowering:
                 padding=a["padding"],
                 pad_value=a["pad_value"],
                 weight_shape=list(a["weight"].shape),
+                **({"groups": a["groups"]} if a["groups"] > 1 else {}),
             )
         else:
             out = self.emit("dense", [x], op.name, arrays, weight_shape=list(a["weight"].shape))
@@ -650,6 +854,41 @@ class _Lowering:
 
     def _hardtanh(self, op):
         self._simple(op, "hardtanh", **op.attrs)
+
+    def _levels(self, op):
+        meta = {"levels": op.attrs["levels"], "planes": op.attrs["planes"], "shape": op.shape}
+        self.env[op.out] = ("levels", self.float_of(op.inputs[0]), meta)
+
+    def _prelu(self, op):
+        out = self.emit("prelu", [self.float_of(op.inputs[0])], op.name, {"slope": op.attrs["slope"]})
+        self.env[op.out] = ("float", out, None)
+
+    def _pad(self, op):
+        widths = op.attrs["widths"]
+        if len(widths) == 4:  # NCHW -> NHWC
+            widths = [widths[0], widths[2], widths[3], widths[1]]
+        self._simple(op, "pad", widths=widths, value=op.attrs["value"])
+
+    def _concat(self, op):
+        self._simple(op, "concat")
+
+    def _mul(self, op):
+        self._simple(op, "mul")
+
+    def _add_scalar(self, op):
+        self._simple(op, "add_scalar", **op.attrs)
+
+    def _mul_scalar(self, op):
+        self._simple(op, "mul_scalar", **op.attrs)
+
+    def _sigmoid(self, op):
+        self._simple(op, "sigmoid")
+
+    def _tanh(self, op):
+        self._simple(op, "tanh")
+
+    def _expand_hw(self, op):
+        self._simple(op, "expand_hw")
 
     def _fused(self, layer, plan):
         """Binary layer writing packed sign bits: thresholds, then max-pool / flatten on bits."""

@@ -27,7 +27,20 @@ def available_backends() -> list[str]:
     return (["numba"] if jit_kernels() is not None else []) + ["numpy"]
 
 
-_BINARY_OPS = frozenset({"pack", "unpack", "sign", "bconv2d", "bdense", "maxpool2d_bits", "flatten_bits"})
+_BINARY_OPS = frozenset(
+    {
+        "pack",
+        "pack_levels",
+        "unpack",
+        "sign",
+        "bconv2d",
+        "bdense",
+        "bconv2d_planes",
+        "bdense_planes",
+        "maxpool2d_bits",
+        "flatten_bits",
+    }
+)
 _FLOAT_OPS = frozenset(
     {
         "conv2d",
@@ -41,6 +54,16 @@ _FLOAT_OPS = frozenset(
         "relu",
         "hardtanh",
         "identity",
+        "levels",
+        "concat",
+        "pad",
+        "mul",
+        "mul_scalar",
+        "add_scalar",
+        "prelu",
+        "sigmoid",
+        "tanh",
+        "expand_hw",
     }
 )
 
@@ -49,7 +72,10 @@ _FLOAT_OPS = frozenset(
 _ARRAYS = {
     "bconv2d": ("weight",),
     "bdense": ("weight",),
+    "bconv2d_planes": ("weight",),
+    "bdense_planes": ("weight",),
     "scale_shift": ("mul", "add"),
+    "prelu": ("slope",),
     "maxpool2d_bits": ("and_mask",),
 }
 
@@ -81,6 +107,28 @@ def check_graph(graph, where: str = "engine graph") -> None:
         defined.add(op["out"])
     if graph.get("output") not in defined:
         raise EngineError(f"{where}: corrupt graph (output {graph.get('output')!r} is never computed)")
+
+
+def _sigmoid(x):
+    with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives 0, as it should
+        return (np.float32(1) / (np.float32(1) + np.exp(-x))).astype(np.float32)
+
+
+# float ops of one input: f(x, op attributes, op arrays)
+_ELEMENTWISE = {
+    "scale_shift": lambda x, op, a: x * a["mul"] + a["add"],
+    "global_avgpool": lambda x, op, a: x.mean(axis=(1, 2), dtype=np.float32, keepdims=op["keepdims"]),
+    "relu": lambda x, op, a: np.maximum(x, np.float32(0)),
+    "hardtanh": lambda x, op, a: np.clip(x, np.float32(op["min"]), np.float32(op["max"])),
+    "prelu": lambda x, op, a: np.where(x >= 0, x, x * a["slope"]).astype(np.float32),
+    "sigmoid": lambda x, op, a: _sigmoid(x),
+    "tanh": lambda x, op, a: np.tanh(x),
+    "levels": lambda x, op, a: _bits.quantize_levels(x, op["levels"]).astype(np.float32) / np.float32(op["levels"]),
+    "add_scalar": lambda x, op, a: x + np.float32(op["value"]),
+    "mul_scalar": lambda x, op, a: x * np.float32(op["value"]),
+    "expand_hw": lambda x, op, a: x.reshape(x.shape[0], 1, 1, x.shape[1]),
+    "identity": lambda x, op, a: x,
+}
 
 
 def _pads(p):
@@ -166,7 +214,7 @@ class Runtime:
 
     def _prepare(self, op, a):
         kind = op["op"]
-        if kind == "bconv2d":
+        if kind == "bconv2d" and op.get("groups", 1) == 1:
             a["wpc"] = _bits.popcount(a["weight"]).sum(axis=-1).reshape(a["weight"].shape[0], -1)
             if self.backend == "numba":
                 a["wt"] = self._k.kernel_matrix(a["weight"])
@@ -184,7 +232,7 @@ class Runtime:
             else:
                 a["wmat"] = np.ascontiguousarray(w.T)
             a["wmat"] = a["wmat"].astype(np.float32)
-        for key in ("mul", "add", "bias"):
+        for key in ("mul", "add", "bias", "slope"):
             if key in a:
                 a[key] = a[key].astype(np.float32)
         for key in ("sgn", "thr"):
@@ -275,6 +323,7 @@ class Runtime:
             mul,
             add,
             pack="pack" in kinds,
+            groups=op.get("groups", 1),
         )
 
     def _run(self, i, op, args):
@@ -292,37 +341,30 @@ class Runtime:
         k = self._k
         kind = op["op"]
         if kind == "pack":
-            return _bits.pack_sign(x)
+            return _bits.pack_sign(x, op.get("groups", 1))
+        if kind == "pack_levels":
+            return _bits.pack_planes(_bits.quantize_levels(x, op["levels"]), op["planes"])
         if kind == "unpack":
             return unpack_sign(x, op["channels"])
         if kind == "sign":
             return _bits.sign(x)
-        if kind == "bconv2d":
-            extra = {"wpc": a["wpc"], "wt": a["wt"]} if k is not _np_kernels else {}
-            return k.bconv2d(
-                x,
-                a["weight"],
-                op["in_channels"],
-                tuple(op["stride"]),
-                tuple(op["dilation"]),
-                _pads(op["padding"]),
-                op["pad_value"],
-                op["mode"],
-                a.get("mul"),
-                a.get("add"),
-                a.get("sgn"),
-                a.get("thr"),
-                **extra,
-            )
-        if kind == "bdense":
-            return k.bdense(
-                x, a["weight"], op["in_features"], op["mode"], a.get("mul"), a.get("add"), a.get("sgn"), a.get("thr")
-            )
         if kind == "maxpool2d_bits":
             return k.maxpool2d_bits(
                 x, tuple(op["kernel"]), tuple(op["stride"]), _pads(op["padding"]), op["ceil_mode"], a["and_mask"]
             )
-        return x.reshape(x.shape[0], -1)  # flatten_bits
+        if kind == "flatten_bits":
+            return x.reshape(x.shape[0], -1)
+        out = (op["mode"], a.get("mul"), a.get("add"), a.get("sgn"), a.get("thr"))
+        if kind == "bconv2d":
+            extra = {"wpc": a["wpc"], "wt": a["wt"]} if "wt" in a else {}
+            geometry = (tuple(op["stride"]), tuple(op["dilation"]), _pads(op["padding"]), op["pad_value"])
+            return k.bconv2d(x, a["weight"], op["in_channels"], *geometry, *out, groups=op.get("groups", 1), **extra)
+        if kind == "bconv2d_planes":
+            geometry = (tuple(op["stride"]), tuple(op["dilation"]), _pads(op["padding"]))
+            return k.bconv2d_planes(x, a["weight"], op["planes"], *geometry, *out)
+        if kind == "bdense":
+            return k.bdense(x, a["weight"], op["in_features"], *out)
+        return k.bdense_planes(x, a["weight"], op["planes"], *out)  # bdense_planes
 
     def _run_float(self, i, op, args):
         """The float ops (numpy); None for an unknown kind."""
@@ -330,20 +372,10 @@ class Runtime:
         kind = op["op"]
         x = args[0] if args else None
         if kind == "conv2d":
-            return _np_kernels.conv2d(
-                x,
-                a["wmat"],
-                a.get("bias"),
-                tuple(op["kernel"]),
-                tuple(op["stride"]),
-                tuple(op["dilation"]),
-                _pads(op["padding"]),
-                op["pad_value"],
-            )
+            geometry = (tuple(op["kernel"]), tuple(op["stride"]), tuple(op["dilation"]), _pads(op["padding"]))
+            return _np_kernels.conv2d(x, a["wmat"], a.get("bias"), *geometry, op["pad_value"], op.get("groups", 1))
         if kind == "dense":
             return _np_kernels.dense(x, a["wmat"], a.get("bias"))
-        if kind == "scale_shift":
-            return x * a["mul"] + a["add"]
         if kind == "maxpool2d":
             return _np_kernels.maxpool2d(
                 x, tuple(op["kernel"]), tuple(op["stride"]), _pads(op["padding"]), op["ceil_mode"]
@@ -358,22 +390,20 @@ class Runtime:
                 op["count_include_pad"],
                 op["divisor_override"],
             )
-        if kind == "global_avgpool":
-            y = x.mean(axis=(1, 2), dtype=np.float32, keepdims=op["keepdims"])
-            return y
         if kind == "flatten":
             if x.ndim == 4:
                 x = x.transpose(0, 3, 1, 2)  # torch's (C, H, W) order
             return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        if kind == "concat":
+            return np.concatenate(args, axis=-1)  # channels are the last axis (NHWC)
+        if kind == "pad":
+            return np.pad(x, op["widths"], constant_values=np.float32(op["value"]))
         if kind == "add":
             return args[0] + args[1]
-        if kind == "relu":
-            return np.maximum(x, np.float32(0))
-        if kind == "hardtanh":
-            return np.clip(x, np.float32(op["min"]), np.float32(op["max"]))
-        if kind == "identity":
-            return x
-        return None
+        if kind == "mul":
+            return args[0] * args[1]
+        f = _ELEMENTWISE.get(kind)
+        return None if f is None else f(x, op, a)
 
     def summary(self) -> str:
         """One line per op: index, kind, output id and the main attributes."""

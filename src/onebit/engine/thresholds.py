@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..kernels.bits import EngineError
@@ -19,19 +20,24 @@ from ..kernels.bits import EngineError
 __all__ = ["sign_thresholds"]
 
 
-def _apply(v, alpha, bias, bn, c0, c1, channels):
-    """f on the dot values ``v`` (dots, c1 - c0) of channels c0..c1, computed as torch would."""
+def _apply(v, alpha, bias, bn, c0, c1):
+    """f on the dot values ``v`` (dots, c1 - c0) of channels c0..c1, computed as torch would
+    (batch norm with its own eval-mode kernel on those channels' parameters and statistics)."""
     if alpha is not None:
         v = v * alpha[c0:c1]
     if bias is not None:
         v = v + bias[c0:c1]
     if bn is None:
         return v
-    full = torch.zeros(v.shape[0], channels)
-    full[:, c0:c1] = v
-    if isinstance(bn, nn.BatchNorm2d):
-        return bn(full[:, :, None, None])[:, :, 0, 0][:, c0:c1]
-    return bn(full)[:, c0:c1]
+    if bn.running_mean is None:
+        raise EngineError("batch norm without running statistics (track_running_stats=False)")
+
+    def part(t):
+        return None if t is None else t.detach()[c0:c1]
+
+    x = v[:, :, None, None] if isinstance(bn, nn.BatchNorm2d) else v
+    y = F.batch_norm(x, part(bn.running_mean), part(bn.running_var), part(bn.weight), part(bn.bias), False, 0.0, bn.eps)
+    return y.reshape(v.shape)
 
 
 def sign_thresholds(name: str, k: int, channels: int, alpha=None, bias=None, bn=None):
@@ -51,7 +57,7 @@ def sign_thresholds(name: str, k: int, channels: int, alpha=None, bias=None, bn=
     for c0 in range(0, channels, step):
         c1 = min(channels, c0 + step)
         with torch.no_grad():
-            v = _apply(d[:, None].expand(-1, c1 - c0).clone(), alpha, bias, bn, c0, c1, channels)
+            v = _apply(d[:, None].expand(-1, c1 - c0).clone(), alpha, bias, bn, c0, c1)
         neg = (v < 0).numpy()  # (2k+1, channels)
         count = neg.sum(axis=0)
         steps = np.diff(neg.astype(np.int8), axis=0)

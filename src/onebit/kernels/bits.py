@@ -54,9 +54,29 @@ def sign(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, np.float32(1), np.float32(-1))
 
 
-def pack_sign(x: np.ndarray) -> np.ndarray:
-    """Pack sign(x) along the last axis: bit = 1 iff x < 0 (so 0 and -0.0 are +1)."""
-    return pack_bool(np.asarray(x) < 0)
+def pack_sign(x: np.ndarray, groups: int = 1) -> np.ndarray:
+    """Pack sign(x) along the last axis: bit = 1 iff x < 0 (so 0 and -0.0 are +1). With
+    ``groups`` > 1 the channels of each group (C / groups) start a word of their own, the layout
+    a grouped binary convolution reads."""
+    x = np.asarray(x)
+    if groups == 1:
+        return pack_bool(x < 0)
+    lead = x.shape[:-1]
+    return pack_bool(x.reshape(lead + (groups, x.shape[-1] // groups)) < 0).reshape(lead + (-1,))
+
+
+def quantize_levels(x: np.ndarray, levels: int) -> np.ndarray:
+    """round(clip(x, 0, 1) * levels) as int64, rounding half to even in float32: the integer
+    level of DoReFa's activation quantizer (its output is this / levels), computed as torch does."""
+    x = np.clip(np.asarray(x, np.float32), np.float32(0), np.float32(1))
+    return np.rint(x * np.float32(levels)).astype(np.int64)
+
+
+def pack_planes(q: np.ndarray, planes: int) -> np.ndarray:
+    """Bit-planes of non-negative integers ``q`` < 2^planes, each packed along the last axis and
+    the planes concatenated: (..., planes * words), plane b (bit b of q) in words [b w, (b+1) w)."""
+    q = np.asarray(q, np.int64)
+    return np.concatenate([pack_bool((q >> b) & 1) for b in range(planes)], axis=-1)
 
 
 def unpack_sign(words: np.ndarray, channels: int) -> np.ndarray:

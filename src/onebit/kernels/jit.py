@@ -19,6 +19,7 @@ from numba.extending import intrinsic
 
 from .bits import popcount as _popcount_np
 from .geometry import out_size
+from .reference import _finish, _group_slices, conv_hw
 
 
 @intrinsic
@@ -179,13 +180,18 @@ def _maxpool_bits(x, kh, kw, sh, sw, pt, pl, ho, wo, and_mask, out):
 
 
 @njit(parallel=True, cache=True, fastmath=True)
-def _fconv2d(x, wmat, bias, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, affine, mul, add, pack, out_f, out_b):
-    """Float conv on NHWC ``x`` with ``wmat`` (kh*kw*C, O), threads over output rows, then the
-    optional per-channel ``y * mul + add`` (a folded batch norm) and, with ``pack``, sign bits
+def _fconv2d(
+    x, wmat, bias, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, affine, mul, add, pack, out_f, out_b
+):
+    """Float conv on NHWC ``x`` with ``wmat`` (kh*kw*C/groups, O), threads over output rows, then
+    the optional per-channel ``y * mul + add`` (a folded batch norm) and, with ``pack``, sign bits
     packed straight into ``out_b`` (bit = 1 iff y < 0), so the first layer of a BNN makes its
-    packed output in one pass instead of three float arrays."""
+    packed output in one pass instead of three float arrays. Group g reads channels
+    [g C/G, (g+1) C/G) and writes outputs [g O/G, (g+1) O/G) (depthwise: C/G = 1)."""
     n_img, h, wid, c = x.shape
     n_out = wmat.shape[1]
+    cg = c // groups
+    og = n_out // groups
     words = out_b.shape[3]
     for row in prange(n_img * ho):
         n = row // ho
@@ -199,12 +205,13 @@ def _fconv2d(x, wmat, bias, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, a
                 for j in range(kw):
                     iw = ow * sw - pl + j * dw
                     inside = ih >= 0 and ih < h and iw >= 0 and iw < wid
-                    base = (i * kw + j) * c
-                    for ch in range(c):
-                        v = x[n, ih, iw, ch] if inside else pad_value
-                        wrow = wmat[base + ch]
-                        for o in range(n_out):
-                            acc[o] += v * wrow[o]
+                    base = (i * kw + j) * cg
+                    for g in range(groups):
+                        for ch in range(cg):
+                            v = x[n, ih, iw, g * cg + ch] if inside else pad_value
+                            wrow = wmat[base + ch]
+                            for o in range(g * og, (g + 1) * og):
+                                acc[o] += v * wrow[o]
             if affine:
                 for o in range(n_out):
                     acc[o] = acc[o] * mul[o] + add[o]
@@ -221,8 +228,8 @@ def _fconv2d(x, wmat, bias, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, a
                     out_f[n, oh, ow, o] = acc[o]
 
 
-def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, mul=None, add=None, pack=False):
-    """``kernels_numpy.conv2d`` in threads, fused with an optional ``* mul + add`` and sign packing
+def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, mul=None, add=None, pack=False, groups=1):
+    """``reference.conv2d`` in threads, fused with an optional ``* mul + add`` and sign packing
     (``pack=True`` returns packed uint64 words like ``bits.pack_sign`` of the float result)."""
     n, h, wid, c = x.shape
     kh, kw = kernel
@@ -240,28 +247,10 @@ def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, mul=None, a
     else:
         out_f = np.empty((n, ho, wo, o), np.float32)
         out_b = np.empty((1, 1, 1, 1), np.uint64)
-    _fconv2d(
-        np.ascontiguousarray(x, dtype=np.float32),
-        np.ascontiguousarray(wmat, np.float32),
-        bias,
-        kh,
-        kw,
-        stride[0],
-        stride[1],
-        dilation[0],
-        dilation[1],
-        pt,
-        pl,
-        ho,
-        wo,
-        np.float32(pad_value),
-        affine,
-        mul,
-        add,
-        pack,
-        out_f,
-        out_b,
-    )
+    geometry = (kh, kw, stride[0], stride[1], dilation[0], dilation[1], pt, pl, ho, wo)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    wmat = np.ascontiguousarray(wmat, np.float32)
+    _fconv2d(x, wmat, bias, groups, *geometry, np.float32(pad_value), affine, mul, add, pack, out_f, out_b)
     return out_b if pack else out_f
 
 
@@ -299,52 +288,108 @@ def kernel_matrix(w):
 
 
 def bconv2d(
-    x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=None, sgn=None, thr=None, wpc=None, wt=None
+    x,
+    w,
+    c_in,
+    stride,
+    dilation,
+    pads,
+    pad_value,
+    mode,
+    mul=None,
+    add=None,
+    sgn=None,
+    thr=None,
+    wpc=None,
+    wt=None,
+    groups=1,
 ):
-    """Same contract as ``kernels_numpy.bconv2d``; ``wpc`` (O, kh*kw) kernel bits per tap and
-    ``wt`` = ``kernel_matrix(w)`` (both computed here when not given)."""
+    """Same contract as ``reference.bconv2d``; ``wpc`` (O, kh*kw) kernel bits per tap and
+    ``wt`` = ``kernel_matrix(w)`` (both computed here when not given). Grouped convolutions run
+    group by group (float dots, exact below 2^24) and finish in numpy."""
+    if groups > 1:
+        parts = []
+        for xs, ws in _group_slices(x.shape[-1], w.shape[0], groups):
+            ones = np.ones(ws.stop - ws.start, np.float32)
+            args = (x[..., xs], w[ws], c_in, stride, dilation, pads, pad_value, "float", ones, 0 * ones)
+            parts.append(bconv2d(*args))
+        return _finish(np.concatenate(parts, axis=-1).astype(np.int64), mode, mul, add, sgn, thr)
     if wpc is None:
         wpc = _popcount_np(w).sum(axis=-1).reshape(w.shape[0], -1)
     if wt is None:
         wt = kernel_matrix(w)
-    n, h, wid, words = x.shape
-    o, kh, kw, _ = w.shape
-    (pt, pb), (pl, pr) = pads
-    ho = out_size(h, kh, stride[0], dilation[0], pt, pb)
-    wo = out_size(wid, kw, stride[1], dilation[1], pl, pr)
-    m, mul, add, t2, flip = _mode_args(mode, mul, add, sgn, thr)
-    if m == 0:
-        out_f = np.empty((n, ho, wo, o), np.float32)
-        out_b = np.empty((n, ho, wo, 1), np.uint64)
-    else:
-        out_f = np.empty((n, ho, wo, 1), np.float32)
-        out_b = np.empty((n, ho, wo, (o + 63) // 64), np.uint64)
-    wpc_t = np.ascontiguousarray(np.asarray(wpc, np.int64).T)
-    _bconv2d(
-        np.ascontiguousarray(x),
-        wt,
-        wpc_t,
-        c_in,
-        kh,
-        kw,
-        stride[0],
-        stride[1],
-        dilation[0],
-        dilation[1],
-        pt,
-        pl,
-        ho,
-        wo,
-        pad_value != 0,
-        m,
-        mul,
-        add,
-        t2,
-        flip,
-        out_f,
-        out_b,
+    geometry, (m, mul, add, t2, flip), (out_f, out_b) = _conv_setup(
+        x, w, stride, dilation, pads, mode, mul, add, sgn, thr
     )
+    wpc_t = np.ascontiguousarray(np.asarray(wpc, np.int64).T)
+    x = np.ascontiguousarray(x)
+    _bconv2d(x, wt, wpc_t, c_in, *geometry, pad_value != 0, m, mul, add, t2, flip, out_f, out_b)
     return out_f if m == 0 else out_b
+
+
+def _conv_setup(x, w, stride, dilation, pads, mode, mul, add, sgn, thr):
+    """A binary conv's kernel geometry arguments, its mode arguments and its output buffers."""
+    o, kh, kw, _ = w.shape
+    ho, wo = conv_hw(x, w, stride, dilation, pads)
+    geometry = (kh, kw, stride[0], stride[1], dilation[0], dilation[1], pads[0][0], pads[1][0], ho, wo)
+    m = _mode_args(mode, mul, add, sgn, thr)
+    return geometry, m, _outputs(m[0], (x.shape[0], ho, wo), o)
+
+
+def _outputs(m, lead, o):
+    """(float output, bits output) buffers of a binary layer in mode ``m``; the unused one tiny."""
+    if m == 0:
+        return np.empty(lead + (o,), np.float32), np.empty(lead + (1,), np.uint64)
+    return np.empty(lead + (1,), np.float32), np.empty(lead + ((o + 63) // 64,), np.uint64)
+
+
+@njit(parallel=True, cache=True, fastmath=True)
+def _bconv2d_planes(x, wt, planes, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, mode, mul, add, t2, flip, out_f, out_b):
+    """Conv of bit-plane activations (zero padding, so padded taps are all-zero words) with a
+    packed sign kernel ``wt`` (kh*kw*words, O): per plane b, 2^b (popcount(q_b) - 2 popcount(q_b
+    AND w)) summed; threads over output rows."""
+    n_img = x.shape[0]
+    kwords, n_out = wt.shape
+    taps = kh * kw
+    words = kwords // taps
+    for row in prange(n_img * ho):
+        n = row // ho
+        oh = row % ho
+        patch = np.empty(taps * planes * words, dtype=np.uint64)
+        oob = np.zeros(taps, dtype=np.bool_)
+        acc = np.zeros(t2.shape[0] if mode == 1 else n_out, dtype=np.int64)
+        for ow in range(wo):
+            _gather(x, n, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, patch, oob)
+            for o in range(acc.shape[0]):
+                acc[o] = 0
+            for t in range(taps):
+                for b in range(planes):
+                    for q in range(words):
+                        pv = patch[(t * planes + b) * words + q]
+                        ones = popcount(pv)
+                        wrow = wt[t * words + q]
+                        for o in range(n_out):
+                            acc[o] += (ones - 2 * popcount(pv & wrow[o])) << b
+            _emit(acc, n_out, mode, mul, add, t2, flip, out_f[n, oh, ow], out_b[n, oh, ow])
+
+
+def bconv2d_planes(x, w, planes, stride, dilation, pads, mode, mul=None, add=None, sgn=None, thr=None):
+    """Same contract as ``reference.bconv2d_planes``."""
+    geometry, (m, mul, add, t2, flip), (out_f, out_b) = _conv_setup(
+        x, w, stride, dilation, pads, mode, mul, add, sgn, thr
+    )
+    x = np.ascontiguousarray(x)
+    _bconv2d_planes(x, kernel_matrix(w), planes, *geometry, m, mul, add, t2, flip, out_f, out_b)
+    return out_f if m == 0 else out_b
+
+
+def bdense_planes(x, w, planes, mode, mul=None, add=None, sgn=None, thr=None):
+    """Same contract as ``reference.bdense_planes`` (a 1x1 convolution of a 1x1 map)."""
+    x4 = x.reshape(x.shape[0], 1, 1, x.shape[1])
+    y = bconv2d_planes(
+        x4, w.reshape(w.shape[0], 1, 1, -1), planes, (1, 1), (1, 1), ((0, 0), (0, 0)), mode, mul, add, sgn, thr
+    )
+    return y.reshape(x.shape[0], -1)
 
 
 def bdense(x, w, k, mode, mul=None, add=None, sgn=None, thr=None):

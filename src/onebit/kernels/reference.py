@@ -45,6 +45,14 @@ def _patches(x, kh, kw, stride, dilation, pads, fill, ho, wo):
     return out
 
 
+def conv_hw(x, w, stride, dilation, pads) -> tuple[int, int]:
+    """Output (height, width) of a conv of NHWC ``x`` with a kernel (O, kh, kw, ...)."""
+    (pt, pb), (pl, pr) = pads
+    ho = out_size(x.shape[1], w.shape[1], stride[0], dilation[0], pt, pb)
+    wo = out_size(x.shape[2], w.shape[2], stride[1], dilation[1], pl, pr)
+    return ho, wo
+
+
 def _finish(d, mode, mul, add, sgn, thr):
     """Turn integer dots (..., O) into the layer's output: float or packed threshold bits."""
     if mode == "float":
@@ -61,13 +69,34 @@ def _xor_popcount(p, w, chunk=4096):
     return out
 
 
-def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=None, sgn=None, thr=None):
-    """Binary conv of packed NHWC ``x`` (N, H, W, words) with packed ``w`` (O, kh, kw, words)."""
+def _and_popcount(p, w, chunk=4096):
+    """(P, Kw) x (O, Kw) uint64 -> (P, O) int64 sum of popcount(p AND w)."""
+    out = np.empty((p.shape[0], w.shape[0]), dtype=np.int64)
+    for s in range(0, p.shape[0], chunk):
+        blk = p[s : s + chunk]
+        out[s : s + chunk] = popcount(blk[:, None, :] & w[None, :, :]).sum(axis=-1)
+    return out
+
+
+def _group_slices(total_words, out_channels, groups):
+    """(input word slice, output channel slice) of each of ``groups`` groups."""
+    wg, og = total_words // groups, out_channels // groups
+    return [(slice(g * wg, (g + 1) * wg), slice(g * og, (g + 1) * og)) for g in range(groups)]
+
+
+def bconv2d_dots(x, w, c_in, stride, dilation, pads, pad_value, groups=1):
+    """Integer dots (N, ho, wo, O) of a binary conv of packed NHWC ``x`` with packed ``w``
+    (O, kh, kw, words). ``c_in`` is the channel count of one group; with ``groups`` > 1 each
+    group's channels are packed into their own words (``bits.pack_sign(..., groups=)``)."""
+    if groups > 1:
+        parts = [
+            bconv2d_dots(x[..., xs], w[ws], c_in, stride, dilation, pads, pad_value)
+            for xs, ws in _group_slices(x.shape[-1], w.shape[0], groups)
+        ]
+        return np.concatenate(parts, axis=-1)
     n, h, wd_in, words = x.shape
     o, kh, kw, _ = w.shape
-    (pt, pb), (pl, pr) = pads
-    ho = out_size(h, kh, stride[0], dilation[0], pt, pb)
-    wo = out_size(wd_in, kw, stride[1], dilation[1], pl, pr)
+    ho, wo = conv_hw(x, w, stride, dilation, pads)
     taps = kh * kw
     p = _patches(x, kh, kw, stride, dilation, pads, np.uint64(0), ho, wo)
     pc = _xor_popcount(p.reshape(n * ho * wo, taps * words), w.reshape(o, taps * words))
@@ -77,9 +106,13 @@ def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=N
         wpc = popcount(w).sum(axis=-1).reshape(o, taps)  # kernel bits per tap
         corr = (~valid).astype(np.int64) @ wpc.T  # (ho, wo, o): kernel bits at padded taps
         kvalid = c_in * valid.sum(axis=-1)[:, :, None]
-        d = kvalid - 2 * (pc - corr)
-    else:
-        d = c_in * taps - 2 * pc
+        return kvalid - 2 * (pc - corr)
+    return c_in * taps - 2 * pc
+
+
+def bconv2d(x, w, c_in, stride, dilation, pads, pad_value, mode, mul=None, add=None, sgn=None, thr=None, groups=1):
+    """Binary conv of packed NHWC ``x`` (N, H, W, words) with packed ``w`` (O, kh, kw, words)."""
+    d = bconv2d_dots(x, w, c_in, stride, dilation, pads, pad_value, groups)
     return _finish(d, mode, mul, add, sgn, thr)
 
 
@@ -87,6 +120,39 @@ def bdense(x, w, k, mode, mul=None, add=None, sgn=None, thr=None):
     """Binary dense of packed ``x`` (N, words) with packed ``w`` (O, words), K valid bits."""
     d = k - 2 * _xor_popcount(x, w)
     return _finish(d, mode, mul, add, sgn, thr)
+
+
+def plane_dots(p, w, planes):
+    """Dots of multi-bit activations q = sum_b 2^b q_b (q_b in {0, 1}) with a sign kernel.
+
+    ``p`` (P, planes * Kw): each row the bit-planes of one receptive field, plane b in words
+    [b Kw, (b + 1) Kw); ``w`` (O, Kw) kernel sign bits (1 = -1). Per plane the dot of {0, 1}
+    with +/-1 is popcount(q_b) - 2 popcount(q_b AND w): two popcounts, exact integers."""
+    kw = w.shape[1]
+    d = np.zeros((p.shape[0], w.shape[0]), np.int64)
+    for b in range(planes):
+        pb = np.ascontiguousarray(p[:, b * kw : (b + 1) * kw])
+        d += (popcount(pb).sum(axis=-1)[:, None] - 2 * _and_popcount(pb, w)) << b
+    return d
+
+
+def bconv2d_planes(x, w, planes, stride, dilation, pads, mode, mul=None, add=None, sgn=None, thr=None):
+    """Conv of ``planes``-bit activations (packed bit-planes, NHWC (N, H, W, planes * words),
+    zero padding) with packed sign kernel ``w`` (O, kh, kw, words): ``plane_dots`` per pixel."""
+    n = x.shape[0]
+    o, kh, kw, words = w.shape
+    ho, wo = conv_hw(x, w, stride, dilation, pads)
+    taps = kh * kw
+    p = _patches(x, kh, kw, stride, dilation, pads, np.uint64(0), ho, wo)
+    # (P, taps, planes, words) -> (P, planes, taps, words): each plane one run of taps * words
+    p = p.reshape(n * ho * wo, taps, planes, words).transpose(0, 2, 1, 3).reshape(n * ho * wo, -1)
+    d = plane_dots(p, w.reshape(o, taps * words), planes).reshape(n, ho, wo, o)
+    return _finish(d, mode, mul, add, sgn, thr)
+
+
+def bdense_planes(x, w, planes, mode, mul=None, add=None, sgn=None, thr=None):
+    """Dense layer of ``planes``-bit activations (N, planes * words) with packed ``w`` (O, words)."""
+    return _finish(plane_dots(x, w, planes), mode, mul, add, sgn, thr)
 
 
 def maxpool2d_bits(x, kernel, stride, pads, ceil_mode, and_mask):
@@ -116,15 +182,19 @@ def maxpool2d_bits(x, kernel, stride, pads, ceil_mode, and_mask):
 # ----------------------------------------------------------------------------- float ops (NHWC)
 
 
-def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value):
-    """Float conv: NHWC ``x``, ``wmat`` (kh*kw*C, O) float32 (im2col and one matmul)."""
+def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, groups=1):
+    """Float conv: NHWC ``x``, ``wmat`` (kh*kw*C/groups, O) float32 (im2col and one matmul per
+    group; group g reads channels [g C/G, (g+1) C/G) and writes outputs [g O/G, (g+1) O/G))."""
     n, h, w, c = x.shape
     kh, kw = kernel
     (pt, pb), (pl, pr) = pads
     ho = out_size(h, kh, stride[0], dilation[0], pt, pb)
     wo = out_size(w, kw, stride[1], dilation[1], pl, pr)
     p = _patches(x, kh, kw, stride, dilation, pads, np.float32(pad_value), ho, wo)
-    y = p.reshape(n * ho * wo, kh * kw * c) @ wmat
+    cg, og = c // groups, wmat.shape[1] // groups
+    p = p.reshape(n * ho * wo, kh * kw, groups, cg)
+    parts = [p[:, :, g].reshape(n * ho * wo, kh * kw * cg) @ wmat[:, g * og : (g + 1) * og] for g in range(groups)]
+    y = parts[0] if groups == 1 else np.concatenate(parts, axis=-1)
     if bias is not None:
         y += bias
     return y.reshape(n, ho, wo, -1)
