@@ -151,9 +151,9 @@ def _activation(m):
     if isinstance(m, nn.Hardtanh):  # ReLU6 too
         return "hardtanh", {"min": float(m.min_val), "max": float(m.max_val)}
     if isinstance(m, nn.PReLU):
-        return "prelu", {"slope": m.weight.detach().float().numpy().copy()}
+        return "prelu", {"alpha": m.weight.detach().float().numpy().copy()}
     if isinstance(m, nn.LeakyReLU):
-        return "prelu", {"slope": np.array([m.negative_slope], np.float32)}
+        return "prelu", {"alpha": np.array([m.negative_slope], np.float32)}
     if isinstance(m, nn.Sigmoid):
         return "sigmoid", {}
     if isinstance(m, nn.Tanh):
@@ -860,7 +860,7 @@ class _Lowering:
         self.env[op.out] = ("levels", self.float_of(op.inputs[0]), meta)
 
     def _prelu(self, op):
-        out = self.emit("prelu", [self.float_of(op.inputs[0])], op.name, {"slope": op.attrs["slope"]})
+        out = self.emit("prelu", [self.float_of(op.inputs[0])], op.name, {"slope": op.attrs["alpha"]})
         self.env[op.out] = ("float", out, None)
 
     def _pad(self, op):

@@ -206,6 +206,13 @@ def _fconv2d(
                     iw = ow * sw - pl + j * dw
                     inside = ih >= 0 and ih < h and iw >= 0 and iw < wid
                     base = (i * kw + j) * cg
+                    if groups == 1:  # its own loop: over all outputs, which LLVM vectorizes
+                        for ch in range(c):
+                            v = x[n, ih, iw, ch] if inside else pad_value
+                            wrow = wmat[base + ch]
+                            for o in range(n_out):
+                                acc[o] += v * wrow[o]
+                        continue
                     for g in range(groups):
                         for ch in range(cg):
                             v = x[n, ih, iw, g * cg + ch] if inside else pad_value

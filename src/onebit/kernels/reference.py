@@ -215,18 +215,36 @@ def _pool_windows(h, w, kernel, stride, pads, ceil_mode):
     return ho, wo
 
 
-def maxpool2d(x, kernel, stride, pads, ceil_mode):
-    """Float max-pool, padding ignored (-inf), torch's output-size rule."""
+def _tap_views(x, kernel, stride, pads, ho, wo, fill):
+    """Yield, for every tap of the pooling window, the (N, ho, wo, C) strided view of ``x``
+    padded with ``fill`` (also past the padding, where ceil_mode's last window reaches)."""
     n, h, w, c = x.shape
     (pt, _), (pl, _) = pads
-    ho, wo = _pool_windows(h, w, kernel, stride, pads, ceil_mode)
-    out = np.empty((n, ho, wo, c), dtype=x.dtype)
-    for i in range(ho):
-        r0, r1 = max(i * stride[0] - pt, 0), min(i * stride[0] - pt + kernel[0], h)
-        for j in range(wo):
-            c0, c1 = max(j * stride[1] - pl, 0), min(j * stride[1] - pl + kernel[1], w)
-            out[:, i, j] = x[:, r0:r1, c0:c1].max(axis=(1, 2))
+    hp = max(h + pt, (ho - 1) * stride[0] + kernel[0])
+    wp = max(w + pl, (wo - 1) * stride[1] + kernel[1])
+    xp = np.full((n, hp, wp, c), fill, dtype=x.dtype)
+    xp[:, pt : pt + h, pl : pl + w] = x
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            yield xp[:, i : i + stride[0] * (ho - 1) + 1 : stride[0], j : j + stride[1] * (wo - 1) + 1 : stride[1]]
+
+
+def maxpool2d(x, kernel, stride, pads, ceil_mode):
+    """Float max-pool, padding ignored (-inf), torch's output-size rule; one pass per tap."""
+    ho, wo = _pool_windows(x.shape[1], x.shape[2], kernel, stride, pads, ceil_mode)
+    out = None
+    for view in _tap_views(x, kernel, stride, pads, ho, wo, -np.inf):
+        out = view.copy() if out is None else np.maximum(out, view, out=out)
     return out
+
+
+def _pool_divisor(size, k, s, before, after, n_out, count_include_pad):
+    """Per output position along one axis: how many of its k taps torch's average pool counts."""
+    start = np.arange(n_out) * s - before
+    end = np.minimum(start + k, size + after)  # count_include_pad counts padding, not beyond it
+    if count_include_pad:
+        return end - start
+    return np.minimum(end, size) - np.maximum(start, 0)
 
 
 def avgpool2d(x, kernel, stride, pads, ceil_mode, count_include_pad, divisor_override):
@@ -234,20 +252,11 @@ def avgpool2d(x, kernel, stride, pads, ceil_mode, count_include_pad, divisor_ove
     n, h, w, c = x.shape
     (pt, pb), (pl, pr) = pads
     ho, wo = _pool_windows(h, w, kernel, stride, pads, ceil_mode)
-    out = np.empty((n, ho, wo, c), dtype=np.float32)
-    for i in range(ho):
-        hs = i * stride[0] - pt
-        he = min(hs + kernel[0], h + pb)
-        for j in range(wo):
-            ws = j * stride[1] - pl
-            we = min(ws + kernel[1], w + pr)
-            size = (he - hs) * (we - ws)
-            r0, r1, c0, c1 = max(hs, 0), min(he, h), max(ws, 0), min(we, w)
-            if divisor_override:
-                div = divisor_override
-            elif count_include_pad:
-                div = size
-            else:
-                div = (r1 - r0) * (c1 - c0)
-            out[:, i, j] = x[:, r0:r1, c0:c1].sum(axis=(1, 2), dtype=np.float32) / np.float32(div)
-    return out
+    out = np.zeros((n, ho, wo, c), np.float32)
+    for view in _tap_views(x.astype(np.float32, copy=False), kernel, stride, pads, ho, wo, 0.0):
+        out += view
+    if divisor_override:
+        return out / np.float32(divisor_override)
+    dh = _pool_divisor(h, kernel[0], stride[0], pt, pb, ho, count_include_pad)
+    dw = _pool_divisor(w, kernel[1], stride[1], pl, pr, wo, count_include_pad)
+    return out / (dh[:, None] * dw[None, :]).astype(np.float32)[None, :, :, None]
