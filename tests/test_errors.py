@@ -168,7 +168,7 @@ SUMMARY = [
         r"input_size=\(1, 1, 9, 9\): the model does not run on it",
     ),
     (lambda: onebit.summary(tiny_cnn(), (1, 3, 8, 8), verbose=False), ValueError, "the model does not run on it"),
-    (lambda: onebit.summary(tiny_cnn(), (1, 8, 8), verbose=False), ValueError, "does not run on it"),
+    (lambda: onebit.summary(tiny_cnn(), (3, 8, 8), verbose=False), ValueError, "does not run on it"),  # C,H,W
     (lambda: onebit.summary(tiny_cnn(), 8, verbose=False), ValueError, "input_size=8 must be a tuple of positive ints"),
     (lambda: onebit.summary(tiny_cnn(), (1, 1, 8, -8), verbose=False), ValueError, "input_size=.*positive ints"),
     (
@@ -187,6 +187,7 @@ def test_summary(fn, kind, match):
 
 def test_summary_on_the_right_size_still_works():
     assert onebit.summary(tiny_cnn(), (1, 1, 8, 8), verbose=False).name == "Sequential"
+    assert onebit.summary(tiny_cnn(), (1, 8, 8), verbose=False).name == "Sequential"  # C,H,W: batch of 1
 
 
 # ------------------------------------------------------------------------------------ engine
