@@ -194,6 +194,7 @@ def test_dynamo_exporter(tmp_path):
     randomize_bn(model, negative=True)
     path = tmp_path / "m.onnx"
     onebit.export_onnx(model, path, (1,) + size, dynamo=True)
+    assert onnx.load(str(path)).opset_import[0].version == 18
     x = torch.randn((2,) + size)
     with torch.no_grad():
         ref = model(x).numpy()

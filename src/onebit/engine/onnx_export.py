@@ -321,7 +321,7 @@ def export_onnx(
     model: nn.Module,
     path,
     input_size=None,
-    opset_version: int = 17,
+    opset_version: int | None = None,
     dynamic_batch: bool = True,
     dynamo: bool = False,
 ) -> str:
@@ -329,7 +329,8 @@ def export_onnx(
     e.g. (1, 3, 32, 32); required). The batch axis is dynamic unless ``dynamic_batch=False``.
 
     ``dynamo=True`` uses torch's newer ``torch.export``-based exporter (needs onnxscript); the
-    default is the TorchScript-based one. Returns ``str(path)``."""
+    default is the TorchScript-based one. ``opset_version`` defaults to 17, or to 18 with
+    ``dynamo=True`` (that exporter writes 18 and cannot convert a ``Pad`` down). Returns ``str(path)``."""
     size = _input_size(input_size)
     if dynamo:
         try:
@@ -353,7 +354,7 @@ def export_onnx(
             str(path),
             input_names=["input"],
             output_names=["output"],
-            opset_version=opset_version,
+            opset_version=opset_version or (18 if dynamo else 17),
             dynamic_axes=axes,
             dynamo=dynamo,
         )
