@@ -283,6 +283,13 @@ FIELDS: dict[str, Field] = {
             True,
             "NHWC memory format for model and image batches (about 2x faster convolutions on CPU)",
         ),
+        Field(
+            "precision",
+            "fp32",
+            "arithmetic of forward and backward: fp32, bf16 (autocast; weights, Bop's state and the optimizer steps stay fp32), auto (bf16 on GPUs that support it and on CPUs with native bf16, else fp32)",
+            ("fp32", "bf16", "auto"),
+        ),
+        Field("compile", False, "torch.compile the model (GPUs; the first steps compile)"),
         Field("eval_every", 1, "evaluate on the test set every N epochs (and after the last)", check=AT_LEAST_1),
         Field(
             "log_every", 50, "read metrics/flips on the host every N steps (progress, TensorBoard)", check=AT_LEAST_1

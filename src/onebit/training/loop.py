@@ -43,7 +43,7 @@ from .build import FlipSource, build_model, build_optimizer, build_schedulers, d
 from .config import ConfigError, apply_overrides, checkpoint_interval, read_toml, to_toml, validate
 from .progress import Progress
 from .runs import CheckpointSaver, RunFolder, new_run_dir, read_run_config
-from .step import evaluate, make_train_step, reestimate_batchnorm, to_device
+from .step import configure_device, evaluate, make_train_step, reestimate_batchnorm, resolve_precision, to_device
 from .tensorboard import open_tensorboard
 
 __all__ = [
@@ -298,6 +298,8 @@ class Trainer:
         c, d = self.config, self.dist
         self.train_set, self.test_set = load_data(c)
         self.channels_last = c["channels_last"]
+        self.precision, self.precision_why = resolve_precision(c.get("precision", "fp32"), self.device)
+        configure_device(self.device)
         self.model = build_model(c, len(self.train_set.classes), self.train_set.shape).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -336,9 +338,11 @@ class Trainer:
                 net = distributed.convert_sync_batchnorm(net, self.device)  # torch's on CUDA, gloo's on CPU
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+        if self.config.get("compile", False):
+            net = torch.compile(net)
         net.train()
         self.net = net
-        self.train_step = make_train_step(net, self.optimizer, self.schedulers)
+        self.train_step = make_train_step(net, self.optimizer, self.schedulers, self.precision, self.device)
 
     def _open_run_folder(self, run_dir) -> None:
         """Rank 0 creates (or tidies) the folder, writes config.toml and opens TensorBoard; every
@@ -397,6 +401,9 @@ class Trainer:
             workers = self.train_loader.num_workers
             auto = " (num_workers auto: this process's share of the cores)" if self.config["num_workers"] < 0 else ""
             self._say(f"data: {note}" + (f", {workers} worker processes{auto}" if workers else ""))
+        if self.precision != "fp32" or c.get("compile", False):
+            compiled = ", model compiled (torch.compile)" if c.get("compile", False) else ""
+            self._say(f"precision {self.precision} ({self.precision_why}){compiled}")
         if resumed:
             self._say(f"resuming {self.run_dir} at epoch {self.state.epoch + 1}, batch {self.state.batch}")
         else:
@@ -561,12 +568,12 @@ class Trainer:
             # the same number of examples on every rank (synchronized batch norms need equal batch counts)
             n = (c["bn_reestimate"] if c["bn_reestimate"] > 0 else len(self.train_set)) // d.world_size
             plain = Loader(self.train_set, self.test_loader.batch_size, train=False, **self.loader_options)
-            reestimate_batchnorm(self.model, plain, self.device, n, self.channels_last)
+            reestimate_batchnorm(self.model, plain, self.device, n, self.channels_last, self.precision)
         # every rank evaluates (and rank 0 saves) the same statistics: averaged over ranks,
         # or rank 0's when batch norms are synchronized
         distributed.sync_buffers(self.model, d, average=not c["sync_batchnorm"])
         t = distributed.all_reduce_sum(
-            evaluate(self.net, self.test_loader, self.device, self.channels_last), d
+            evaluate(self.net, self.test_loader, self.device, self.channels_last, self.precision), d
         ).tolist()
         return t[0] / t[2], t[1] / t[2]
 
