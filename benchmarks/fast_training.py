@@ -4,7 +4,9 @@ Baseline: the same architecture built from nn.Conv2d / nn.Linear with a textbook
 (an autograd.Function that saves its float input), torch Adam on latent weights, NCHW.
 onebit: the zoo model with its defaults for Bop recipes (channels_last, NoOp-tagged +/-1 kernels,
 mask-saving STE, Bop with its default fused path for large models, the popcount forward of binary
-layers when numba imports) + Adam on the rest; then the same with ``onebit.xnor`` switched off.
+layers when numba imports) + Adam on the rest; then the same with ``onebit.xnor`` switched off;
+then onebit's defaults under bf16 autocast (``precision=bf16``: meaningful only on CPUs with native
+bf16, ``avx512_bf16`` / ``amx_bf16``; elsewhere torch emulates it and the column only shows that).
 Each step is forward + backward + optimizer step, the three configurations taking turns step by
 step; times are medians, ratios the median of the per-round ratios to the plain step, 2 threads;
 and the memory one forward saves for backward (activations and masks, MiB), the step's peak driver.
@@ -15,6 +17,7 @@ and the memory one forward saves for backward (activations and masks, MiB), the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
 
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import onebit as ob
+from onebit.training.step import cpu_bf16_flags
 
 SHAPES = {"binarynet": (50, 3, 32, 32), "small_cnn": (32, 1, 28, 28), "birealnet18": (32, 3, 224, 224)}
 KWARGS = {"binarynet": {}, "small_cnn": {}, "birealnet18": {"num_classes": 1000}}
@@ -96,12 +100,13 @@ def one_step(model, optimizer, x, y) -> float:
 
 
 def interleaved_steps(runs, steps: int, warmup: int = 2) -> list[list[float]]:
-    """Step times (ms) of every ``(model, optimizer, x, y, xnor mode)`` in ``runs``, taken in turn
-    (a round is one step of each), so all of them see the same machine load."""
+    """Step times (ms) of every ``(model, optimizer, x, y, xnor mode, bf16)`` in ``runs``, taken in
+    turn (a round is one step of each), so all of them see the same machine load."""
     times = [[] for _ in runs]
     for i in range(warmup + steps):
-        for k, (model, opt, x, y, mode) in enumerate(runs):
-            with ob.xnor.use(mode):
+        for k, (model, opt, x, y, mode, bf16) in enumerate(runs):
+            cast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with ob.xnor.use(mode), cast:
                 t = one_step(model, opt, x, y)
             if i >= warmup:
                 times[k].append(t * 1e3)
@@ -117,9 +122,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"train step, {args.threads} threads, medians of {args.steps} interleaved rounds; torch {torch.__version__}")
     print(f"xnor forward: {ob.xnor.get_mode() if ob.xnor.available() else 'off (numba missing)'}")
+    print(f"native bf16 flags: {', '.join(cpu_bf16_flags()) or 'none (bf16 is emulated)'}")
     print(
         f"{'model':12s} {'batch':>5s} {'plain fp32 ms':>14s} {'onebit ms':>10s} {'ratio':>6s} "
-        f"{'xnor off ms':>11s} {'ratio':>6s} {'plain saved MiB':>15s} {'onebit saved MiB':>16s}"
+        f"{'xnor off ms':>11s} {'ratio':>6s} {'bf16 ms':>8s} {'ratio':>6s} "
+        f"{'plain saved MiB':>15s} {'onebit saved MiB':>16s}"
     )
     for name in args.models:
         shape = SHAPES[name]
@@ -137,17 +144,24 @@ def main() -> None:
         )
         x_cl = x.contiguous(memory_format=torch.channels_last)
         mode = ob.xnor.get_mode()
-        # plain fp32, onebit's defaults, onebit with the popcount forward off: one step each per round
-        plain_t, ours_t, off_t = interleaved_steps(
-            [(plain, plain_opt, x, y, "off"), (model, opt, x_cl, y, mode), (model, opt, x_cl, y, "off")], steps
+        # plain fp32, onebit's defaults, the popcount forward off, bf16: one step each per round
+        plain_t, ours_t, off_t, bf16_t = interleaved_steps(
+            [
+                (plain, plain_opt, x, y, "off", False),
+                (model, opt, x_cl, y, mode, False),
+                (model, opt, x_cl, y, "off", False),
+                (model, opt, x_cl, y, mode, True),
+            ],
+            steps,
         )
-        plain_ms, ours_ms, off_ms = (statistics.median(t) for t in (plain_t, ours_t, off_t))
-        ratio = statistics.median(o / p for o, p in zip(ours_t, plain_t))
-        ratio_off = statistics.median(o / p for o, p in zip(off_t, plain_t))
+        plain_ms, ours_ms, off_ms, bf16_ms = (statistics.median(t) for t in (plain_t, ours_t, off_t, bf16_t))
+        ratio, ratio_off, ratio_bf16 = (
+            statistics.median(o / p for o, p in zip(t, plain_t)) for t in (ours_t, off_t, bf16_t)
+        )
         plain_mem, ours_mem = saved_activation_mib(plain, x), saved_activation_mib(model, x_cl)
         print(
             f"{name:12s} {shape[0]:5d} {plain_ms:14.1f} {ours_ms:10.1f} {ratio:6.2f} "
-            f"{off_ms:11.1f} {ratio_off:6.2f} {plain_mem:15.1f} {ours_mem:16.1f}"
+            f"{off_ms:11.1f} {ratio_off:6.2f} {bf16_ms:8.1f} {ratio_bf16:6.2f} {plain_mem:15.1f} {ours_mem:16.1f}"
         )
         del plain, plain_opt, model, opt
 

@@ -1,0 +1,173 @@
+"""Image-folder loading speed: onebit's loader over a synthetic ImageNet-like folder it writes.
+
+Writes ``--images`` (2,000) natural-looking JPEGs (smooth colour fields with texture and edges,
+about 500x375, quality 90) in 10 classes, then measures training batches (random-resized crop +
+flip to 224, ImageNet normalisation) through ``onebit.data.Loader`` with 0, 1, 2, ... worker
+processes, JPEG draft mode on and off: images/s over one epoch after a warm-up epoch (workers
+started), median of ``--repeats``, and the ratio to the single-process rate measured in the same
+run. Then decoding alone, file by file, with each decoder that imports: Pillow (full size and in
+draft mode), simplejpeg and PyTurboJPEG (full size and their DCT scaling), so the choice of
+decoder rests on a measurement. Prints the CPU model, its flags and the load.
+
+    python benchmarks/data.py [--images 2000] [--workers 0 1 2] [--batch 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from onebit.data import Loader, load_imagefolder
+
+
+def natural_image(rng: np.random.Generator, width: int = 500, height: int = 375) -> np.ndarray:
+    """uint8 (H, W, 3): smooth colour fields (upsampled low-frequency noise), a few hard-edged
+    shapes and fine texture: about the entropy of a photo, so JPEG sizes and decode costs are."""
+    from PIL import Image
+
+    coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    img = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.float32)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for _ in range(4):
+        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(20, 120)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = rng.uniform(0, 255, 3)
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_folder(root: Path, images: int, classes: int = 10, seed: int = 0) -> Path:
+    """``root/train/<class>/*.jpg`` (and a small test split) of ``natural_image``s at quality 90."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", images), ("test", max(classes, images // 20))):
+        for i in range(n):
+            folder = root / split / f"c{i % classes}"
+            folder.mkdir(parents=True, exist_ok=True)
+            w, h = (500, 375) if i % 4 else (375, 500)  # some portrait photos
+            Image.fromarray(natural_image(rng, w, h)).save(folder / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+def loader_rate(train, workers: int, batch: int, repeats: int) -> float:
+    """Median images/s of one training epoch through the loader (after a warm-up epoch)."""
+    loader = Loader(train, batch, train=True, seed=0, num_workers=workers)
+    rates = []
+    for epoch in range(repeats + 1):
+        loader.set_epoch(epoch)
+        start = time.perf_counter()
+        n = sum(len(y) for _, y in loader)
+        if epoch:
+            rates.append(n / (time.perf_counter() - start))
+    loader.close()
+    return statistics.median(rates)
+
+
+def decoders(size: int = 224):
+    """{name: decode(path) -> array} for every decoder that imports (full size and scaled)."""
+    from PIL import Image
+
+    def pillow(path, draft=False):
+        with Image.open(path) as img:
+            if draft:
+                img.draft("RGB", (size, size))
+            return np.asarray(img.convert("RGB"))
+
+    found = {"Pillow": pillow, "Pillow draft": lambda p: pillow(p, True)}
+    try:
+        import simplejpeg
+
+        def sj(path, scaled=False):
+            data = Path(path).read_bytes()
+            extra = dict(min_height=size, min_width=size) if scaled else {}
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", **extra)
+
+        found.update({"simplejpeg": sj, "simplejpeg scaled": lambda p: sj(p, True)})
+    except ImportError:
+        pass
+    try:
+        from turbojpeg import TurboJPEG
+
+        tj = TurboJPEG()
+
+        def turbo(path, factor=None):
+            data = Path(path).read_bytes()
+            return tj.decode(data, scaling_factor=factor) if factor else tj.decode(data)
+
+        found.update({"PyTurboJPEG": turbo, "PyTurboJPEG 1/2": lambda p: turbo(p, (1, 2))})
+    except (ImportError, RuntimeError, OSError):  # not installed, or libturbojpeg missing
+        pass
+    return found
+
+
+def decode_rates(paths: list[Path], repeats: int) -> dict[str, float]:
+    """Median images/s of decoding ``paths`` one by one with each decoder, decoders in turn."""
+    found = decoders()
+    times = {name: [] for name in found}
+    for _ in range(repeats):
+        for name, decode in found.items():
+            start = time.perf_counter()
+            for p in paths:
+                decode(p)
+            times[name].append(len(paths) / (time.perf_counter() - start))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def machine() -> str:
+    """CPU model, the flags that matter here, and the load."""
+    model, flags = "?", []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "?":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vpopcntdq", "avx512_bf16", "amx_bf16")
+    shown = " ".join(f for f in wanted if f in flags) or "none of " + " ".join(wanted)
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg())
+    return f"CPU {model}, {os.cpu_count()} cores visible, flags: {shown}; load average {load}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=2000)
+    p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--folder", help="use (or write) this folder instead of a temporary one")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.folder) if args.folder else Path(tmp)
+        if not (root / "train").is_dir():
+            start = time.perf_counter()
+            write_folder(root, args.images)
+            print(f"wrote {args.images} JPEGs in {time.perf_counter() - start:.0f} s")
+        print(machine())
+        print(f"loader: batch {args.batch}, 224 px training crops, images/s (median of {args.repeats} epochs)")
+        print(f"{'workers':>7s} {'draft':>6s} {'images/s':>9s} {'x 0 workers':>12s}")
+        for draft in (True, False):
+            train, _ = load_imagefolder(root, 224, draft=draft)
+            base = None
+            for workers in args.workers:
+                rate = loader_rate(train, workers, args.batch, args.repeats)
+                base = base or rate
+                print(f"{workers:7d} {'on' if draft else 'off':>6s} {rate:9.1f} {rate / base:12.2f}")
+        paths = train.paths[:200]
+        print(f"decoding alone, {len(paths)} files, one process, images/s:")
+        for name, rate in decode_rates(paths, args.repeats).items():
+            print(f"  {name:20s} {rate:8.1f}")
+        print(machine())
+
+
+if __name__ == "__main__":
+    main()
