@@ -440,3 +440,16 @@ def test_an_image_folder_run_resumed_mid_epoch_with_workers_equals_one_without(t
     resumed = train(load(info.value.run_dir / "last.pt")["config"], resume=info.value.run_dir, verbose=False)
     a, b = (load(f"{s['run_dir']}/last.pt")["model"] for s in (straight, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a) and resumed["steps"] == straight["steps"] == 6
+
+
+def test_small_images_too_many_for_memory_are_decoded_batch_by_batch(tmp_path, monkeypatch):
+    import onebit.data.datasets as datasets
+
+    pytest.importorskip("PIL")
+    write_imagefolder(tmp_path, size=(32, 32))
+    monkeypatch.setattr(datasets, "_physical_memory", lambda: 4 * 3 * 32 * 32 * 8)  # room for 8 of 8 images
+    train, _ = load_imagefolder(tmp_path)
+    assert not getattr(train, "decodes_files", False)
+    monkeypatch.setattr(datasets, "_physical_memory", lambda: 4 * 3 * 32 * 32 * 7)  # room for 7
+    train, _ = load_imagefolder(tmp_path)
+    assert train.decodes_files and "(too many to hold in memory)" in train.image_note and train.shape == (3, 32, 32)

@@ -404,6 +404,21 @@ def load_cifar10(data_dir: str | os.PathLike):
 
 SMALL_IMAGE = 64  # folders of images this size or smaller are decoded once into memory
 SIZE_SAMPLE = 32  # headers read to find the images' own size
+MEMORY_SHARE = 0.25  # small images are held in memory only when they take at most this share of RAM
+
+
+def _physical_memory() -> int | None:
+    """Bytes of RAM (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _fits_in_memory(count: int, size: int) -> bool:
+    """Whether ``count`` uint8 RGB images of ``size`` x ``size`` take at most ``MEMORY_SHARE`` of RAM."""
+    ram = _physical_memory()
+    return ram is None or count * 3 * size * size <= MEMORY_SHARE * ram
 
 
 def _scan_folder(root: Path, classes: list[str] | None):
@@ -483,7 +498,8 @@ def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 0, draft: bo
     """(train, test) from ``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` (or ``val``).
 
     ``image_size`` 0: the images' own side when a sample of their headers shares one square size,
-    else 224. Folders of images up to 64 pixels are decoded once into memory (``ArrayDataset``:
+    else 224. Folders of images up to 64 pixels are decoded once into memory when they take at
+    most a quarter of the RAM (``ArrayDataset``:
     every image checked now, later epochs cost no decoding; a damaged file stops the run before it
     starts, named); larger ones are decoded batch by batch (``ImageFolderDataset``: nothing
     decoded now, a damaged file is named and replaced when it is reached). Both carry
@@ -501,12 +517,13 @@ def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 0, draft: bo
     parts = {"train": (paths, labels), "test": _scan_folder(test_root, classes)[:2]}
     shared = _shared_size(paths)
     size, why_size = _choose_size(image_size, shared)
-    if shared is not None and max(shared) <= SMALL_IMAGE and size <= SMALL_IMAGE:
+    small = shared is not None and max(shared) <= SMALL_IMAGE and size <= SMALL_IMAGE
+    if small and _fits_in_memory(len(paths) + len(parts["test"][0]), size):
         train, test, how = _in_memory(parts, classes, size, root)
     else:
         train, test = (ImageFolderDataset(*parts[s], classes, size, draft=draft) for s in ("train", "test"))
         test.augment = False  # the centre crop, also for dataset[i]
-        how = "decoded batch by batch"
+        how = "decoded batch by batch" + (" (too many to hold in memory)" if small else "")
     train.image_note = test.image_note = f"{why_size}, {how}"
     return train, test
 
