@@ -408,9 +408,12 @@ def test_draft_decoding_keeps_the_picture(tmp_path, draft):
 
 def test_an_image_folder_run_resumed_mid_epoch_with_workers_equals_one_without(tmp_path):
     """Training end to end: 2 worker processes, stopped by Ctrl-C after step 2 and resumed, ends
-    with the weights of a straight run that decodes in the training process."""
+    with the weights of a straight run that decodes in the training process. The run header
+    names the worker count (auto by default)."""
+    import io
     import signal
 
+    from onebit.data import default_workers
     from onebit.training import Interrupted, train
     from onebit.training.checkpoint import load
     from onebit.training.config import defaults
@@ -430,6 +433,12 @@ def test_an_image_folder_run_resumed_mid_epoch_with_workers_equals_one_without(t
         log_every=1,
     )
     straight = train(dict(config, out=str(tmp_path / "a"), num_workers=0), verbose=False)
+    header = io.StringIO()
+    train(dict(config, out=str(tmp_path / "c"), epochs=1, max_steps=1), stream=header)
+    auto = default_workers()
+    assert f"data: image_size 24 (set), decoded batch by batch, {auto} worker processes (num_workers auto" in (
+        header.getvalue()
+    )
 
     def interrupt(epoch, batch, step):
         if step == 2:
