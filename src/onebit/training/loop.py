@@ -399,7 +399,7 @@ class Trainer:
         note = getattr(self.train_set, "image_note", "")
         if note:
             workers = self.train_loader.num_workers
-            auto = " (num_workers auto: this process's share of the cores)" if self.config["num_workers"] < 0 else ""
+            auto = " (num_workers auto: this process's share of the cores)" if c.get("num_workers", -1) < 0 else ""
             self._say(f"data: {note}" + (f", {workers} worker processes{auto}" if workers else ""))
         if self.precision != "fp32" or c.get("compile", False):
             compiled = ", model compiled (torch.compile)" if c.get("compile", False) else ""
