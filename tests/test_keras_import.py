@@ -132,7 +132,7 @@ KERNEL = {"kernel": np.ones((3, 3, 2, 3), np.float32)}
     "layer, weights, message",
     [
         (_layer("Lambda", "lam", {"function": "gASV..."}), {}, r"'lam' is a Lambda layer .*never runs code"),
-        (_layer("TFOpLambda", "op", {"function": "math.add"}), {}, r"'op' is a TFOpLambda layer"),
+        (_layer("TFOpLambda", "op", {"function": "math.sin"}), {}, r"'op' is a TFOpLambda layer calling tf.math.sin"),
         (_layer("Conv3D", "c3", {}), {}, r"'c3': Conv3D has no onebit equivalent; onebit maps: .*QuantConv2D"),
         (
             _layer("QuantConv2D", "q", {**CONV, "kernel_quantizer": "my_sign"}),
@@ -196,6 +196,25 @@ def test_a_hand_written_model_runs_with_keras_semantics(tmp_path):
         torch.nn.functional.pad(x, (0, 1, 0, 1)), torch.from_numpy(kernel).permute(3, 2, 0, 1), stride=2
     )
     assert torch.allclose(model(x), conv.permute(0, 2, 3, 1).flatten(1), atol=1e-6)
+
+
+def test_larq_zoos_function_quantizers_and_model_subclasses_map(tmp_path):
+    """Larq Zoo serialises its own quantizers as bare function names (no code is stored), and
+    models such as BinaryDenseNet under their subclass name with a functional config."""
+    xnor = {"class_name": "function", "config": "xnor_weight_scale", "module": "builtins"}
+    clip = {"class_name": "function", "config": "clip_by_value_activation", "module": "builtins"}
+    layers = [
+        _layer("QuantConv2D", "q", {**CONV, "kernel_quantizer": xnor, "input_quantizer": "ste_sign"}),
+        _layer("Activation", "a", {"activation": clip}),
+    ]
+    path = _model_file(tmp_path / "m.h5", layers, {"q": KERNEL})
+    with h5py.File(path, "a") as f:
+        config = json.loads(f.attrs["model_config"])
+        f.attrs["model_config"] = json.dumps({**config, "class_name": "BinaryDenseNet"})
+    model = from_larq(path)
+    assert type(model.layers["q"].kernel_quantizer).__name__ == "XnorWeightScale"
+    out = model(torch.randn(2, 2, 4, 4))
+    assert out.min() >= 0 and out.max() <= 1
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,19 @@ def _history(arg, found: list) -> None:
             _history(a, found)
 
 
+def _tensor_refs(value, found: list) -> None:
+    """Keras 2 tensor references ([layer, node, tensor]) in a node's call arguments."""
+    if isinstance(value, list) and len(value) >= 3 and isinstance(value[0], str) and isinstance(value[1], int):
+        found.append(tuple(value[:3]))
+        _tensor_refs(value[3:], found)  # the call's keyword arguments (``y`` of ``x + y``)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _tensor_refs(v, found)
+    elif isinstance(value, dict):
+        for v in value.values():
+            _tensor_refs(v, found)
+
+
 def _sources(layer: dict) -> list[str]:
     """The layers feeding ``layer`` (Keras 2's nested lists or Keras 3's node dicts)."""
     name, nodes = layer["name"], layer.get("inbound_nodes") or []
@@ -83,10 +96,13 @@ def _sources(layer: dict) -> list[str]:
     if isinstance(nodes[0], dict):
         _history(nodes[0].get("args", []), found)
     else:
-        found = [tuple(entry[:3]) for entry in nodes[0]]
+        _tensor_refs(nodes[0], found)  # [[layer, node, tensor, {kwargs, e.g. y: [layer, 0, 0]}], ...]
     for source, node_index, tensor_index in found:
         if node_index != 0 or tensor_index != 0:
-            raise KerasImportError(f"layer {name!r} takes output {node_index}/{tensor_index} of {source!r}; shared")
+            raise KerasImportError(
+                f"layer {name!r} takes output {tensor_index} of call {node_index} of {source!r}; onebit maps "
+                "layers with one call and one output"
+            )
     return [source for source, _, _ in found]
 
 
@@ -102,7 +118,8 @@ def _input_shape(config: dict):
 
 
 def _graph(config: dict) -> tuple[list, list[str], list[str], list]:
-    """(layers with their sources, input names, output names, input sizes) of a model config."""
+    """(layers with their sources, input names, output names, input sizes) of a model config; a
+    functional model's sources are None (read after the layer itself is known to map)."""
     kind, body = config.get("class_name"), config.get("config", {})
     layers = body.get("layers", [])
     for layer in layers:
@@ -113,12 +130,14 @@ def _graph(config: dict) -> tuple[list, list[str], list[str], list]:
         chain = [layer for layer in layers if layer.get("class_name") != "InputLayer"]
         names = ["input"] + [layer["name"] for layer in chain]
         return [(layer, [names[i]]) for i, layer in enumerate(chain)], ["input"], names[-1:], [_channels_first(shape)]
-    if kind not in ("Functional", "Model"):
-        raise KerasImportError(f"model class {kind!r}: onebit reads Functional and Sequential models")
+    if "input_layers" not in body or "output_layers" not in body:
+        raise KerasImportError(
+            f"model class {kind!r} has no layer graph in its config; onebit reads functional and sequential models"
+        )
     inputs = _ends(body.get("input_layers", []))
     by_name = {layer["name"]: layer for layer in layers}
     sizes = [_channels_first(_input_shape(by_name[n].get("config", {}))) for n in inputs]
-    steps = [(layer, _sources(layer)) for layer in layers if layer.get("class_name") != "InputLayer"]
+    steps = [(layer, None) for layer in layers if layer.get("class_name") != "InputLayer"]
     return steps, inputs, _ends(body.get("output_layers", [])), sizes
 
 
@@ -147,7 +166,7 @@ def from_larq(path) -> KerasModel:
         name = layer["name"]
         tensors = keras.weights.get(name, [])
         modules[name] = convert_layer(layer.get("class_name", ""), name, layer.get("config", {}), tensors)
-        order.append((name, sources))
+        order.append((name, _sources(layer) if sources is None else sources))
     unused = sorted(set(keras.weights) - set(modules))
     if unused:
         raise KerasImportError(f"{keras.path}: weights of {unused[0]!r} belong to no layer of the model config")

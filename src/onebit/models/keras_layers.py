@@ -20,7 +20,10 @@ from torch import nn
 
 from .. import constraints, quantizers
 from ..layers import Pool2dSame, QuantConv2d, QuantDepthwiseConv2d, QuantLinear
+from .dorefanet import ClipActivation, MagnitudeAwareSignUnclipped
 from .keras_file import KerasImportError
+from .keras_layout import torch_conv_weight, torch_dense_weight, torch_depthwise_weight, torch_dim
+from .xnornet import XnorWeightScale
 
 __all__ = [
     "CONVERTERS",
@@ -29,37 +32,7 @@ __all__ = [
     "LayerWeights",
     "Merge",
     "convert_layer",
-    "torch_conv_weight",
-    "torch_dense_weight",
-    "torch_depthwise_weight",
 ]
-
-
-# ---------------------------------------------------------------- layouts (the one place)
-
-
-def torch_conv_weight(kernel: np.ndarray) -> torch.Tensor:
-    """Keras conv kernel (kh, kw, in, out) -> torch (out, in, kh, kw)."""
-    return torch.from_numpy(np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1))))
-
-
-def torch_depthwise_weight(kernel: np.ndarray) -> torch.Tensor:
-    """Keras depthwise kernel (kh, kw, C, M) -> torch (C*M, 1, kh, kw); channel c*M + m, as TF."""
-    kh, kw, c, m = kernel.shape
-    return torch.from_numpy(np.ascontiguousarray(kernel.reshape(kh, kw, c * m).transpose(2, 0, 1)[:, None]))
-
-
-def torch_dense_weight(kernel: np.ndarray) -> torch.Tensor:
-    """Keras dense kernel (in, out) -> torch (out, in)."""
-    return torch.from_numpy(np.ascontiguousarray(kernel.T))
-
-
-def torch_dim(keras_axis: int, rank: int) -> int:
-    """The channels-first dim of Keras' channels-last ``keras_axis`` in a tensor of ``rank`` dims."""
-    axis = keras_axis % rank
-    if axis == rank - 1:
-        return 1
-    return axis + 1 if axis >= 1 else 0
 
 
 # ---------------------------------------------------------------- modules Keras needs
@@ -160,6 +133,23 @@ class Softmax(nn.Module):
         return torch.softmax(x, dim=torch_dim(self.keras_axis, x.dim()))
 
 
+class Reshape(nn.Module):
+    """Keras ``Reshape(target_shape)``, read channels-last: the tensor is reshaped as Keras' (N,
+    H, W, C) would be, and the result's last axis becomes dim 1 again."""
+
+    def __init__(self, target_shape):
+        super().__init__()
+        self.target_shape = tuple(target_shape)
+
+    def forward(self, x):
+        x = x.movedim(1, -1) if x.dim() > 2 else x
+        x = x.reshape(x.shape[0], *self.target_shape)
+        return x.movedim(-1, 1) if x.dim() > 2 else x
+
+    def extra_repr(self) -> str:
+        return f"target_shape={self.target_shape} (Keras, channels-last)"
+
+
 class ChannelPReLU(nn.Module):
     """Keras ``PReLU``: ``max(x, 0) + alpha * min(x, 0)`` with ``alpha`` of Keras' shape moved to
     channels-first (the channel axis first, shared axes kept as size 1)."""
@@ -215,6 +205,8 @@ def _class(spec) -> tuple[str, dict]:
     """(name, config) of a serialized Keras object: a string or {"class_name", "config"}."""
     if isinstance(spec, str):
         return spec, {}
+    if spec.get("class_name") == "function":  # a function serialized by its name only
+        return str(spec.get("config", "")), {}
     name = spec.get("class_name", "")
     return name.rsplit(">", 1)[-1], dict(spec.get("config") or {})
 
@@ -238,6 +230,9 @@ _QUANTIZERS = {
     "DoReFa": (quantizers.DoReFa, ("k_bit", "mode")),
     "NoOp": (quantizers.NoOp, ("precision",)),
     "NoOpQuantizer": (quantizers.NoOp, ("precision",)),
+    # Larq Zoo's own kernel quantizers (functions in larq_zoo, modules of onebit's zoo)
+    "xnor_weight_scale": (XnorWeightScale, ()),
+    "magnitude_aware_sign_unclipped": (MagnitudeAwareSignUnclipped, ()),
 }
 
 
@@ -278,6 +273,7 @@ _ACTIVATIONS = {
     "swish": nn.SiLU,
     "silu": nn.SiLU,
     "softmax": Softmax,
+    "clip_by_value_activation": ClipActivation,  # Larq Zoo's DoReFa-Net: clip to [0, 1]
 }
 
 
@@ -459,6 +455,28 @@ def _zero_padding(name: str, config: dict, weights: LayerWeights) -> nn.Module:
     return nn.ZeroPad2d((left, right, top, bottom))
 
 
+# TensorFlow operators that Keras 2 records as TFOpLambda layers (``x + y`` is
+# ``__operators__.add``): known by name, mapped onto merges, never run.
+_TF_OPS = {
+    "__operators__.add": "add",
+    "math.add": "add",
+    "math.subtract": "subtract",
+    "math.multiply": "multiply",
+    "math.maximum": "maximum",
+    "math.minimum": "minimum",
+}
+
+
+def _tf_op(name: str, config: dict, weights: LayerWeights) -> nn.Module:
+    function = config.get("function", "")
+    if function not in _TF_OPS:
+        raise KerasImportError(
+            f"layer {name!r} is a TFOpLambda layer calling tf.{function}; onebit maps only "
+            f"{', '.join('tf.' + f for f in sorted(_TF_OPS))} of two tensors"
+        )
+    return Merge(_TF_OPS[function])
+
+
 def _simple(make):
     return lambda name, config, weights: make(config)
 
@@ -495,9 +513,11 @@ CONVERTERS = {
     "Maximum": _simple(lambda c: Merge("maximum")),
     "Minimum": _simple(lambda c: Merge("minimum")),
     "Concatenate": _simple(lambda c: Merge("concatenate", c.get("axis", -1))),
+    "Reshape": _simple(lambda c: Reshape(c["target_shape"])),
+    "TFOpLambda": _tf_op,
 }
 
-_CODE_LAYERS = ("Lambda", "TFOpLambda", "SlicingOpLambda")
+_CODE_LAYERS = ("Lambda", "SlicingOpLambda", "TFOpLayer")
 _MODEL_LAYERS = ("Functional", "Sequential", "Model")
 
 

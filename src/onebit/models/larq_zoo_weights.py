@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .keras_file import KerasFile, KerasImportError, read_keras_file
-from .keras_layers import torch_conv_weight, torch_dense_weight, torch_depthwise_weight
+from .keras_layout import torch_conv_weight, torch_dense_weight, torch_depthwise_weight
 
 __all__ = ["load_larq_weights"]
 
