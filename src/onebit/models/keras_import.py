@@ -13,7 +13,7 @@ from torch import nn
 from .keras_file import KerasImportError, read_keras_file
 from .keras_layers import Merge, convert_layer
 
-__all__ = ["KerasModel", "from_larq"]
+__all__ = ["KerasModel", "KerasMultiInputModel", "from_larq"]
 
 
 class KerasModel(nn.Module):
@@ -34,9 +34,10 @@ class KerasModel(nn.Module):
         self.output_names = [_key(n) for n in output_names]
         self.input_sizes = input_sizes
 
-    def forward(self, *inputs):
-        if len(inputs) != len(self.input_names):
-            raise ValueError(f"model {self.name!r} takes {len(self.input_names)} inputs, got {len(inputs)}")
+    def forward(self, x):
+        return self._run((x,))
+
+    def _run(self, inputs):
         values = dict(zip(self.input_names, inputs))
         for name, sources in self.steps:
             layer = self.layers[name]
@@ -44,6 +45,16 @@ class KerasModel(nn.Module):
             values[name] = layer(args) if isinstance(layer, Merge) else layer(*args)
         outputs = [values[n] for n in self.output_names]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+class KerasMultiInputModel(KerasModel):
+    """A ``KerasModel`` of several inputs: ``model(x1, x2, ...)`` in the order of Keras' inputs.
+    (Single-input models take exactly one tensor, so torch.fx, and onebit's exporters, trace them.)"""
+
+    def forward(self, *inputs):
+        if len(inputs) != len(self.input_names):
+            raise ValueError(f"model {self.name!r} takes {len(self.input_names)} inputs, got {len(inputs)}")
+        return self._run(inputs)
 
 
 def _key(name: str) -> str:
@@ -171,4 +182,5 @@ def from_larq(path) -> KerasModel:
     if unused:
         raise KerasImportError(f"{keras.path}: weights of {unused[0]!r} belong to no layer of the model config")
     name = keras.config.get("config", {}).get("name") or "keras_model"
-    return KerasModel(name, modules, order, inputs, outputs, sizes).eval()
+    cls = KerasModel if len(inputs) == 1 else KerasMultiInputModel
+    return cls(name, modules, order, inputs, outputs, sizes).eval()

@@ -15,6 +15,7 @@ import numbers
 
 import numpy as np
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
@@ -38,12 +39,18 @@ __all__ = [
 # ---------------------------------------------------------------- modules Keras needs
 
 
+def _dim(keras_axis: int, x: torch.Tensor) -> int:
+    """torch's dim of Keras' ``keras_axis`` in ``x``; the channels (-1, Keras' default) are dim 1
+    whatever the rank, so the common case asks nothing of ``x`` (and traces with torch.fx)."""
+    return 1 if keras_axis == -1 else torch_dim(keras_axis, x.dim())
+
+
 class ChannelsLastFlatten(nn.Module):
     """Keras ``Flatten``: flatten (N, C, H, W) in Keras' (H, W, C) order, so a following dense
     kernel keeps Keras' row order."""
 
     def forward(self, x):
-        return x.movedim(1, -1).flatten(1) if x.dim() > 2 else x
+        return torch.flatten(x.movedim(1, -1), 1)  # movedim is the identity on (N, C)
 
 
 class ChannelsLast(nn.Module):
@@ -55,9 +62,7 @@ class ChannelsLast(nn.Module):
         self.module = module
 
     def forward(self, x):
-        if x.dim() <= 2:
-            return self.module(x)
-        return self.module(x.movedim(1, -1)).movedim(-1, 1)
+        return self.module(x.movedim(1, -1)).movedim(-1, 1)  # the identity moves on (N, C)
 
 
 class KerasBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -75,6 +80,8 @@ class KerasBatchNorm(nn.modules.batchnorm._BatchNorm):
             self.register_parameter("bias", None)
 
     def _check_input_dim(self, x):
+        if self.keras_axis == -1 or isinstance(x, torch.fx.Proxy):  # the channels at any rank / tracing
+            return
         if x.dim() < 2 or torch_dim(self.keras_axis, x.dim()) != 1:
             raise ValueError(f"batch norm over Keras axis {self.keras_axis} of a {x.dim()}-d tensor: only channels")
 
@@ -88,7 +95,7 @@ class Merge(nn.Module):
 
     def forward(self, xs):
         if self.kind == "concatenate":
-            return torch.cat(xs, dim=torch_dim(self.keras_axis, xs[0].dim()))
+            return torch.cat(xs, dim=_dim(self.keras_axis, xs[0]))
         out = xs[0]
         for x in xs[1:]:
             if self.kind in ("add", "average"):
@@ -113,7 +120,7 @@ class GlobalPool(nn.Module):
         self.kind, self.keepdims = kind, keepdims
 
     def forward(self, x):
-        dims = tuple(range(2, x.dim()))
+        dims = (2, 3)  # Keras' Global*Pooling2D
         if self.kind == "avg":
             return x.mean(dim=dims, keepdim=self.keepdims)
         return x.amax(dim=dims, keepdim=self.keepdims)
@@ -130,7 +137,7 @@ class Softmax(nn.Module):
         self.keras_axis = keras_axis
 
     def forward(self, x):
-        return torch.softmax(x, dim=torch_dim(self.keras_axis, x.dim()))
+        return torch.softmax(x, dim=_dim(self.keras_axis, x))
 
 
 class Reshape(nn.Module):
@@ -142,9 +149,8 @@ class Reshape(nn.Module):
         self.target_shape = tuple(target_shape)
 
     def forward(self, x):
-        x = x.movedim(1, -1) if x.dim() > 2 else x
-        x = x.reshape(x.shape[0], *self.target_shape)
-        return x.movedim(-1, 1) if x.dim() > 2 else x
+        x = x.movedim(1, -1).reshape(x.shape[0], *self.target_shape)
+        return x.movedim(-1, 1) if len(self.target_shape) > 1 else x
 
     def extra_repr(self) -> str:
         return f"target_shape={self.target_shape} (Keras, channels-last)"
