@@ -145,12 +145,16 @@ def torch_times(model, shape: tuple[int, ...], threads: int, batches: list[int],
 
     from .. import settings
 
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
     times = {}
-    with torch.no_grad(), settings.override(popcount_forward="off"):
-        for b in batches:
-            x = torch.from_numpy(_inputs(shape, b))
-            times[b] = _median(lambda x=x: model(x), repeats)
+    try:
+        with torch.no_grad(), settings.override(popcount_forward="off"):
+            for b in batches:
+                x = torch.from_numpy(_inputs(shape, b))
+                times[b] = _median(lambda x=x: model(x), repeats)
+    finally:
+        torch.set_num_threads(before)
     return times
 
 
