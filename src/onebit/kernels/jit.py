@@ -179,6 +179,71 @@ def _maxpool_bits(x, kh, kw, sh, sw, pt, pl, ho, wo, and_mask, out):
                 out[n, oh, ow, q] = (a & m) | (b & ~m)
 
 
+@njit(cache=True, fastmath=True, inline="always")
+def _fconv_emit(acc, n_out, affine, mul, add, pack, out_f, out_b, n, oh, ow):
+    """Output pixel (n, oh, ow) of ``_fconv2d``: ``* mul + add`` and float store, or sign bits
+    packed (only the array written is indexed: the other is a 1-element placeholder)."""
+    if affine:
+        for o in range(n_out):
+            acc[o] = acc[o] * mul[o] + add[o]
+    if pack:
+        for o in range(n_out, acc.shape[0]):
+            acc[o] = 0.0
+        for q in range(out_b.shape[3]):
+            word = np.uint64(0)
+            for b in range(64):
+                word |= np.uint64(acc[q * 64 + b] < 0) << np.uint64(b)
+            out_b[n, oh, ow, q] = word
+    else:
+        for o in range(n_out):
+            out_f[n, oh, ow, o] = acc[o]
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _fconv_pair(x, wmat, n, oh, ow0, ow1, kh, kw, sh, sw, dh, dw, pt, pl, pad_value, acc0, acc1):
+    """Dots of two output pixels of an ungrouped conv: each kernel row loaded once for both, the
+    innermost loop over output channels (LLVM vectorizes it)."""
+    h, wid, c = x.shape[1], x.shape[2], x.shape[3]
+    for i in range(kh):
+        ih = oh * sh - pt + i * dh
+        row_in = ih >= 0 and ih < h
+        for j in range(kw):
+            iw0 = ow0 * sw - pl + j * dw
+            iw1 = ow1 * sw - pl + j * dw
+            in0 = row_in and iw0 >= 0 and iw0 < wid
+            in1 = row_in and iw1 >= 0 and iw1 < wid
+            base = (i * kw + j) * c
+            for ch in range(c):
+                v0 = x[n, ih, iw0, ch] if in0 else pad_value
+                v1 = x[n, ih, iw1, ch] if in1 else pad_value
+                wrow = wmat[base + ch]
+                for o in range(wmat.shape[1]):
+                    wv = wrow[o]
+                    acc0[o] += v0 * wv
+                    acc1[o] += v1 * wv
+
+
+@njit(cache=True, fastmath=True, inline="always")
+def _fconv_grouped(x, wmat, groups, n, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, pad_value, acc):
+    """Dots of one output pixel of a grouped conv: group g reads channels [g C/G, (g+1) C/G) and
+    writes outputs [g O/G, (g+1) O/G) (depthwise: C/G = 1)."""
+    h, wid = x.shape[1], x.shape[2]
+    cg = x.shape[3] // groups
+    og = wmat.shape[1] // groups
+    for i in range(kh):
+        ih = oh * sh - pt + i * dh
+        for j in range(kw):
+            iw = ow * sw - pl + j * dw
+            inside = ih >= 0 and ih < h and iw >= 0 and iw < wid
+            base = (i * kw + j) * cg
+            for g in range(groups):
+                for ch in range(cg):
+                    v = x[n, ih, iw, g * cg + ch] if inside else pad_value
+                    wrow = wmat[base + ch]
+                    for o in range(g * og, (g + 1) * og):
+                        acc[o] += v * wrow[o]
+
+
 @njit(parallel=True, cache=True, fastmath=True)
 def _fconv2d(
     x, wmat, bias, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, affine, mul, add, pack, out_f, out_b
@@ -186,53 +251,27 @@ def _fconv2d(
     """Float conv on NHWC ``x`` with ``wmat`` (kh*kw*C/groups, O), threads over output rows, then
     the optional per-channel ``y * mul + add`` (a folded batch norm) and, with ``pack``, sign bits
     packed straight into ``out_b`` (bit = 1 iff y < 0), so the first layer of a BNN makes its
-    packed output in one pass instead of three float arrays. Group g reads channels
-    [g C/G, (g+1) C/G) and writes outputs [g O/G, (g+1) O/G) (depthwise: C/G = 1)."""
-    n_img, h, wid, c = x.shape
+    packed output in one pass instead of three float arrays."""
     n_out = wmat.shape[1]
-    cg = c // groups
-    og = n_out // groups
     words = out_b.shape[3]
-    for row in prange(n_img * ho):
+    for row in prange(x.shape[0] * ho):
         n = row // ho
         oh = row % ho
-        acc = np.empty(words * 64 if pack else n_out, dtype=np.float32)
-        for ow in range(wo):
+        acc0 = np.empty(words * 64 if pack else n_out, dtype=np.float32)
+        acc1 = np.empty(words * 64 if pack else n_out, dtype=np.float32)
+        step = 2 if groups == 1 else 1
+        for ow0 in range(0, wo, step):
+            ow1 = min(ow0 + 1, wo - 1)
             for o in range(n_out):
-                acc[o] = bias[o]
-            for i in range(kh):
-                ih = oh * sh - pt + i * dh
-                for j in range(kw):
-                    iw = ow * sw - pl + j * dw
-                    inside = ih >= 0 and ih < h and iw >= 0 and iw < wid
-                    base = (i * kw + j) * cg
-                    if groups == 1:  # its own loop: over all outputs, which LLVM vectorizes
-                        for ch in range(c):
-                            v = x[n, ih, iw, ch] if inside else pad_value
-                            wrow = wmat[base + ch]
-                            for o in range(n_out):
-                                acc[o] += v * wrow[o]
-                        continue
-                    for g in range(groups):
-                        for ch in range(cg):
-                            v = x[n, ih, iw, g * cg + ch] if inside else pad_value
-                            wrow = wmat[base + ch]
-                            for o in range(g * og, (g + 1) * og):
-                                acc[o] += v * wrow[o]
-            if affine:
-                for o in range(n_out):
-                    acc[o] = acc[o] * mul[o] + add[o]
-            if pack:
-                for o in range(n_out, words * 64):
-                    acc[o] = 0.0
-                for q in range(words):
-                    word = np.uint64(0)
-                    for b in range(64):
-                        word |= np.uint64(acc[q * 64 + b] < 0) << np.uint64(b)
-                    out_b[n, oh, ow, q] = word
+                acc0[o] = bias[o]
+                acc1[o] = bias[o]
+            if groups == 1:
+                _fconv_pair(x, wmat, n, oh, ow0, ow1, kh, kw, sh, sw, dh, dw, pt, pl, pad_value, acc0, acc1)
             else:
-                for o in range(n_out):
-                    out_f[n, oh, ow, o] = acc[o]
+                _fconv_grouped(x, wmat, groups, n, oh, ow0, kh, kw, sh, sw, dh, dw, pt, pl, pad_value, acc0)
+            _fconv_emit(acc0, n_out, affine, mul, add, pack, out_f, out_b, n, oh, ow0)
+            if step == 2 and ow1 != ow0:
+                _fconv_emit(acc1, n_out, affine, mul, add, pack, out_f, out_b, n, oh, ow1)
 
 
 def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, mul=None, add=None, pack=False, groups=1):
