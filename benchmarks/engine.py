@@ -1,7 +1,17 @@
-"""Packed engine vs torch fp32 on BinaryNet: per binary layer and end to end, batch 1 and 50.
+"""Packed engine vs torch fp32: per binary layer (BinaryNet), or end to end in separate processes.
 
     NUMBA_THREADING_LAYER=workqueue .venv/bin/python benchmarks/engine.py [--threads 2]
         [--batches 1 50] [--repeats 15] [--model binarynet] [--backend numba]
+    .venv/bin/python benchmarks/engine.py --end-to-end binarynet birealnet18 quicknet \
+        [--threads 1] [--batches 1 50] [--repeats 7] [--rounds 3]
+
+``--end-to-end``: numba's thread pool and torch's compete when both run in one process, so each
+side runs in a process of its own with its thread count fixed (numba's ``num_threads`` and
+NUMBA_NUM_THREADS, ``torch.set_num_threads``, OMP/OpenBLAS threads), engine and torch processes
+alternating ``--rounds`` times; each reports the median wall and CPU time of ``--repeats`` calls
+after two warm-up calls, and the table shows the medians over rounds. Both load the same weights
+(random, random batch-norm statistics). CPU time is the figure to trust on a shared machine: with
+one thread it is the time the inference held a core.
 
 Each figure is the median of ``--repeats`` runs; the engine and torch calls alternate inside every
 repetition, so both see the same machine load. Per layer, the engine op (XOR/popcount dots, batch
@@ -17,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -129,14 +140,118 @@ def _shape(op):
     return f"{op['in_features']}->{op['out_features']}"
 
 
+_SIDES = {"binarynet": 32, "birealnet18": 224, "quicknet": 224, "small_cnn": 28}
+
+
+def _child(side, model_name, folder, batch, threads, repeats):
+    """One side timed in this process: prints 'wall_ms cpu_ms' (medians)."""
+    size = _SIDES[model_name]
+    in_ch = 1 if model_name == "small_cnn" else 3
+    x = np.random.default_rng(0).standard_normal((batch, in_ch, size, size)).astype(np.float32)
+    if side == "engine":
+        rt = load(os.path.join(folder, "model.obe"), num_threads=threads)
+        call = lambda: rt(x)  # noqa: E731
+    else:
+        torch.set_num_threads(threads)
+        onebit.xnor.set_mode("off")  # torch's own fp32 ops, not onebit's popcount forward
+        model = onebit.create_model(model_name)
+        model.load_state_dict(torch.load(os.path.join(folder, "model.pt"), weights_only=True))
+        model.eval()
+        xt = torch.from_numpy(x)
+        call = lambda: _no_grad(model, xt)  # noqa: E731
+    call(), call()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        call()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    print(f"{statistics.median(wall) * 1e3:.3f} {statistics.median(cpu) * 1e3:.3f}")
+
+
+def _run_child(side, model_name, folder, batch, threads, repeats):
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    env.update(OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    cmd = [sys.executable, __file__, "--child", side, "--model", model_name, "--folder", folder]
+    cmd += ["--batches", str(batch), "--threads", str(threads), "--repeats", str(repeats)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    wall, cpu = (float(v) for v in out.strip().splitlines()[-1].split())
+    return wall, cpu
+
+
+def end_to_end(models, batches, threads, repeats, rounds):
+    """Rows (model, batch, engine wall, torch wall, engine cpu, torch cpu) in ms, medians over rounds."""
+    rows = []
+    for name in models:
+        torch.manual_seed(0)
+        model = _randomize_bn(onebit.create_model(name))
+        size = _SIDES[name]
+        with tempfile.TemporaryDirectory() as folder:
+            onebit.engine.export(
+                model, os.path.join(folder, "model.obe"), (1, 1 if name == "small_cnn" else 3, size, size)
+            )
+            torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
+            for batch in batches:
+                runs = {"engine": [], "torch": []}
+                for _ in range(rounds):
+                    for side in runs:
+                        runs[side].append(_run_child(side, name, folder, batch, threads, repeats))
+                med = {side: [statistics.median(r[i] for r in v) for i in (0, 1)] for side, v in runs.items()}
+                rows.append((name, batch, med["engine"][0], med["torch"][0], med["engine"][1], med["torch"][1]))
+    return rows
+
+
+def _cpu_line():
+    flags = set()
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vpopcntdq", "avx512_bf16")
+    return f"{model}, {os.cpu_count()} cores; " + " ".join(f"{w}={'yes' if w in flags else 'no'}" for w in wanted)
+
+
+def _print_end_to_end(rows, threads, repeats, rounds):
+    print(f"# {_cpu_line()}")
+    print(
+        f"# engine and torch {torch.__version__} fp32 each in its own process, {threads} thread(s) each, "
+        f"medians of {repeats} calls, median over {rounds} alternating rounds; load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "| model | batch | engine ms (CPU) | torch ms (CPU) | speed-up (CPU) | engine ms (wall) | torch ms (wall) | speed-up (wall) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for name, b, ew, tw, ec, tc in rows:
+        print(f"| {name} | {b} | {ec:.2f} | {tc:.2f} | {tc / ec:.1f} | {ew:.2f} | {tw:.2f} | {tw / ew:.1f} |")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="binarynet", choices=["binarynet", "small_cnn"])
+    p.add_argument("--end-to-end", nargs="+", metavar="MODEL", choices=sorted(_SIDES))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--child", choices=["engine", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--folder", help=argparse.SUPPRESS)
+    p.add_argument("--model", default="binarynet", choices=sorted(_SIDES))
     p.add_argument("--batches", type=int, nargs="+", default=[1, 50])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--backend", default="numba", choices=["numba", "numpy"])
     a = p.parse_args(argv)
+    if a.child:
+        _child(a.child, a.model, a.folder, a.batches[0], a.threads, a.repeats)
+        return 0
+    if a.end_to_end:
+        _print_end_to_end(
+            end_to_end(a.end_to_end, a.batches, a.threads, a.repeats, a.rounds), a.threads, a.repeats, a.rounds
+        )
+        return 0
     report, rows, e2e = bench(a.model, a.batches, a.threads, a.repeats, a.backend)
     import numba
 
