@@ -251,6 +251,7 @@ class _Gated(nn.Module):
             r"layer '0' \(QuantDepthwiseConv2d\): binary input on a grouped/depthwise",
         ),
         (_Cat(2), (1, 4, 8, 8), r"op 'cat': concatenation along dim 2"),
+        (nn.Sequential(nn.Conv2d(4, 4, 3), nn.Tanh()), (1, 4, 8, 8), r"layer '1': operation 'tanh' cannot be exported"),
     ],
     ids=[
         "binary-zero-padding-not-same",
@@ -258,6 +259,7 @@ class _Gated(nn.Module):
         "gelu",
         "binary-depthwise",
         "concat-not-channels",
+        "tanh-traced-by-the-engine",
     ],
 )
 def test_refusals_name_the_layer(model, size, match):

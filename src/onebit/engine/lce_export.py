@@ -381,9 +381,16 @@ class _LceLowering:
             if op.out in self.fused:
                 self._fused(op, self.fused[op.out])
             else:
-                getattr(self, "_" + op.kind)(op)
+                self._lower(op)
         out = self.materialize(self.float_of(self.env[self.output]))
         return self.w.serialize([self.input], [out.tensor])
+
+    def _lower(self, op) -> None:
+        """Write one op; an op kind the engine traces but LCE export has no lowering for is refused."""
+        lower = getattr(self, "_" + op.kind, None)
+        if lower is None:
+            raise EngineError(f"layer {op.name!r}: operation {op.kind!r} cannot be exported to LCE")
+        lower(op)
 
     # -- helpers ----------------------------------------------------------------------------------
 
