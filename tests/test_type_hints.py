@@ -1,8 +1,10 @@
 """The public API carries type hints (the package ships ``py.typed``): every function and method
 that ``onebit``, ``onebit.optim``, ``onebit.quantizers``, ``onebit.layers``, ``onebit.metrics``,
-``onebit.models``, ``onebit.settings``, ``onebit.functional`` and ``onebit.xnor`` export annotates its parameters and its return value (``__init__``: its
+``onebit.models``, ``onebit.settings``, ``onebit.functional``, ``onebit.xnor``, ``onebit.engine``,
+``onebit.training`` and ``onebit.data`` export annotates its parameters and its return value (``__init__``: its
 parameters), for the objects defined in the modules of ``CHECKED`` (the layers, quantizers,
-optimizers, metrics, summary, constraints, the zoo's registry and the package's own functions).
+optimizers, metrics, summary, constraints, the zoo's registry and Larq importer, the engine, the
+training package, the data sets and loader, and the package's own functions).
 Read from the signatures, so a new public callable there without hints fails here."""
 
 import importlib
@@ -23,6 +25,9 @@ MODULES = (
     "onebit.settings",
     "onebit.functional",
     "onebit.xnor",
+    "onebit.engine",
+    "onebit.training",
+    "onebit.data",
 )
 SKIP_PARAMS = ("self", "cls")
 CHECKED = (
@@ -40,6 +45,20 @@ CHECKED = (
     "onebit.model_summary",
     "onebit.constraints",
     "onebit.models.registry",
+    "onebit.models.keras_import",
+    "onebit.models.larq_zoo_weights",
+    "onebit.engine",
+    "onebit.engine.runtime",
+    "onebit.kernels.bits",
+    "onebit.training.build",
+    "onebit.training.checkpoint",
+    "onebit.training.config",
+    "onebit.training.experiments",
+    "onebit.training.loop",
+    "onebit.training.runs",
+    "onebit.training.step",
+    "onebit.data.datasets",
+    "onebit.data.loader",
 )
 
 

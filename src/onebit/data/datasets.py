@@ -71,7 +71,9 @@ class ArrayDataset(Dataset):
     [-1, 1] (x / 127.5 - 1), so padded pixels become -1 as in the paper's code.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes, augment: str = "none", pad: int = 4):
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], augment: str = "none", pad: int = 4
+    ) -> None:
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise DataError(f"images must be a uint8 (N, C, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
@@ -98,7 +100,9 @@ class ArrayDataset(Dataset):
         """(channels, height, width) of one image."""
         return tuple(self.images.shape[1:])
 
-    def get(self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None):
+    def get(
+        self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The float batch (x in [-1, 1], y) for ``indices``; augmented when ``train``."""
         x = self.images[indices]
         if train and self.augment != "none":
@@ -160,7 +164,9 @@ class ImageFolderDataset(Dataset):
     def _normalise(self, images: list[torch.Tensor]) -> torch.Tensor:
         return (torch.stack(images).float() - self.mean) / self.std
 
-    def get(self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None):
+    def get(
+        self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The float batch (x, y) for ``indices``; ``DataError`` naming a file that does not decode."""
         images = []
         for i in indices.tolist():
@@ -170,7 +176,9 @@ class ImageFolderDataset(Dataset):
                 raise DataError(f"dataset 'imagefolder': cannot decode {self.paths[i]} ({why(e)})") from None
         return self._normalise(images), self.labels[indices]
 
-    def read_batch(self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None):
+    def read_batch(
+        self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
         """(x, y, problems): as ``get``, but an image that does not decode is replaced by the next
         example (in folder order) that does, with its label; ``problems`` holds (path, one line)
         for each damaged file. Which file stands in depends on the folder only: runs stay exact."""
@@ -274,7 +282,7 @@ def read_idx(path: Path) -> np.ndarray:
     return body.reshape(dims)
 
 
-def load_mnist_idx(data_dir: str | os.PathLike):
+def load_mnist_idx(data_dir: str | os.PathLike) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) from the four MNIST idx files in ``data_dir``."""
     root = _existing_dir(data_dir, "mnist", "a folder with the four MNIST idx files")
     parts = {}
@@ -375,7 +383,7 @@ def _cifar_batch(path: Path):
     return data.reshape(-1, 3, 32, 32), labels
 
 
-def load_cifar10(data_dir: str | os.PathLike):
+def load_cifar10(data_dir: str | os.PathLike) -> tuple[ArrayDataset, ArrayDataset]:
     """(train, test) from ``data_batch_1..5`` and ``test_batch`` (in ``data_dir`` or its
     ``cifar-10-batches-py`` subfolder); training batches get the pad-crop-flip augmentation."""
     root = _existing_dir(data_dir, "cifar10", "the cifar-10-batches-py folder")
@@ -494,7 +502,7 @@ def _in_memory(parts: dict, classes: list[str], size: int, root: Path) -> tuple[
     return train, test, f"decoded once into memory ({len(paths)} images){note}"
 
 
-def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 0, draft: bool = True):
+def load_imagefolder(data_dir: str | os.PathLike, image_size: int = 0, draft: bool = True) -> tuple[Dataset, Dataset]:
     """(train, test) from ``data_dir/train/<class>/*`` and ``data_dir/test/<class>/*`` (or ``val``).
 
     ``image_size`` 0: the images' own side when a sample of their headers shares one square size,
@@ -547,7 +555,7 @@ def load_dataset(
     augment: str = "auto",
     pad: int = 4,
     draft: bool = True,
-):
+) -> tuple[Dataset, Dataset]:
     """(train, test) data sets by name: mnist5k (bundled), mnist, cifar10, imagefolder.
 
     ``augment`` (training batches only): "auto" is each data set's default (CIFAR-10:

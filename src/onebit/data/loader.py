@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable, Iterator
 
 import torch
+from torch.utils.data import Dataset
 
 from .datasets import DataError
 
@@ -133,7 +135,7 @@ class Loader:
 
     def __init__(
         self,
-        dataset,
+        dataset: Dataset,
         batch_size: int,
         *,
         train: bool,
@@ -142,8 +144,8 @@ class Loader:
         world_size: int = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
-        report=None,
-    ):
+        report: Callable[[str], object] | None = None,
+    ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise DataError(f"batch_size={batch_size!r} must be an int >= 1")
         if train and batch_size % world_size:
@@ -182,7 +184,7 @@ class Loader:
         """This rank's example indices for the current epoch, in order."""
         return self._plan.indices(self.epoch)
 
-    def batches(self, start: int = 0, stop: int | None = None):
+    def batches(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield the batches of the current epoch from batch number ``start`` on (up to ``stop``)."""
         stop = len(self) if stop is None else min(stop, len(self))
         todo = [b for b in range(start, stop) if len(self._plan.chunk(self.epoch, b))]

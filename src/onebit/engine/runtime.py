@@ -245,7 +245,7 @@ class Runtime:
     def __call__(self, x) -> np.ndarray:
         return self._execute(x, None)
 
-    def op_inputs(self, x) -> list[list[np.ndarray]]:
+    def op_inputs(self, x: np.ndarray) -> list[list[np.ndarray]]:
         """Run on ``x`` and return every op's input arrays (for per-op benchmarks with ``run_op``)."""
         record: list = []
         self._execute(x, record)
@@ -414,7 +414,7 @@ class Runtime:
         return "\n".join(lines)
 
 
-def load(path, backend: str = "auto", num_threads: int | None = None) -> Runtime:
+def load(path: str | os.PathLike, backend: str = "auto", num_threads: int | None = None) -> Runtime:
     """Load an exported file (``onebit.engine.export``) as a runtime model; needs numpy only.
 
     backend: "auto" (numba when installed, else numpy), "numba" or "numpy".

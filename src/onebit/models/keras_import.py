@@ -8,6 +8,9 @@ channels-first tensors: a Keras input (N, H, W, C) is (N, C, H, W) here.
 
 from __future__ import annotations
 
+import os
+
+import torch
 from torch import nn
 
 from .keras_file import KerasImportError, read_keras_file
@@ -25,7 +28,15 @@ class KerasModel(nn.Module):
     size of each input without the batch dim (None where Keras left a dim open).
     """
 
-    def __init__(self, name, layers, steps, input_names, output_names, input_sizes):
+    def __init__(
+        self,
+        name: str,
+        layers: dict[str, nn.Module],
+        steps: list[tuple[str, list[str]]],
+        input_names: list[str],
+        output_names: list[str],
+        input_sizes: list[tuple[int, ...]],
+    ) -> None:
         super().__init__()
         self.name = name
         self.layers = nn.ModuleDict({_key(n): m for n, m in layers.items()})
@@ -34,7 +45,7 @@ class KerasModel(nn.Module):
         self.output_names = [_key(n) for n in output_names]
         self.input_sizes = input_sizes
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run((x,))
 
     def _run(self, inputs):
@@ -152,7 +163,7 @@ def _graph(config: dict) -> tuple[list, list[str], list[str], list]:
     return steps, inputs, _ends(body.get("output_layers", [])), sizes
 
 
-def from_larq(path) -> KerasModel:
+def from_larq(path: str | os.PathLike) -> KerasModel:
     """The onebit model of a Larq / Keras model file, with its weights, in eval mode.
 
     ``path``: a whole model saved by Keras (``model.save("m.h5")`` or ``model.save("m.keras")``).

@@ -23,6 +23,7 @@ naming the file's tensor that does not fit, its shape and the shape onebit's mod
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,7 +194,7 @@ def _describe(layer: str, tensors: dict) -> str:
     return f"'{layer}/{main}' of shape {tuple(tensors[main].shape)}"
 
 
-def load_larq_weights(model: nn.Module, path) -> nn.Module:
+def load_larq_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Fill ``model`` (an onebit zoo model) with a Larq Zoo / Keras weights file, in place.
 
     ``path``: a Keras ``.h5`` weights file (``model.save_weights``, as Larq Zoo ships them), a

@@ -133,7 +133,7 @@ def _real_optimizer(config: dict, params: list[torch.Tensor]) -> torch.optim.Opt
     return torch.optim.SGD(groups, lr=config["lr"], momentum=config["momentum"])
 
 
-def build_optimizer(config: dict, model: nn.Module):
+def build_optimizer(config: dict, model: nn.Module) -> tuple[torch.optim.Optimizer, Bop | None]:
     """(optimizer, bop): CaseOptimizer(Bop(binary), Adam/SGD(rest)) for ``optimizer="bop"``, or
     one Adam/SGD over all parameters (latent weights) with ``bop`` None."""
     if config["optimizer"] == "latent":
@@ -180,7 +180,9 @@ def schedule_factor(kind: str, step: int, period_steps: float, rate: float, star
     return (start + (end - start) * frac) / start
 
 
-def build_schedulers(config: dict, optimizer, bop, steps_per_epoch: int, total_steps: int):
+def build_schedulers(
+    config: dict, optimizer: torch.optim.Optimizer, bop: Bop | None, steps_per_epoch: int, total_steps: int
+) -> list[torch.optim.lr_scheduler.LambdaLR]:
     """LambdaLR schedulers (stepped once per optimizer step): gamma for Bop, lr for the rest.
 
     gamma lives in Bop's ``"lr"``, so a stock torch scheduler drives it; schedules are pure
@@ -208,7 +210,7 @@ class FlipSource:
     or sign changes of latent weights (``FlipCounter``) otherwise. Build it after loading a
     checkpoint, so the latent snapshot is the restored weights."""
 
-    def __init__(self, model: nn.Module, bop=None):
+    def __init__(self, model: nn.Module, bop: Bop | None = None) -> None:
         named = binary_named_parameters(model)
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]

@@ -105,7 +105,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
+def save_atomic(obj: object, path: str | os.PathLike) -> None:
     """``torch.save`` to a temp file in the same folder, then rename over ``path`` (``atomic_write``)."""
     with atomic_write(path) as f:
         torch.save(obj, f)
@@ -128,7 +128,7 @@ def remove_temp_files(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def load(path: str | os.PathLike, map_location="cpu", keys: tuple[str, ...] = KEYS) -> dict:
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu", keys: tuple[str, ...] = KEYS) -> dict:
     """A checkpoint read safely (``torch.load(weights_only=True)``: tensors, numbers, strings,
     lists and dicts only; nothing in the file runs). ``keys``: the entries it must have (all of a
     training checkpoint's by default; ``()`` for any dict).

@@ -28,8 +28,10 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -258,12 +260,12 @@ class Trainer:
         *,
         recipe: str = "custom",
         source: str = "",
-        run_dir=None,
-        resume=None,
+        run_dir: str | os.PathLike | None = None,
+        resume: str | os.PathLike | None = None,
         verbose: bool = True,
-        stream=None,
-        on_step=None,
-    ):
+        stream: TextIO | None = None,
+        on_step: Callable[[int, int, int], object] | None = None,
+    ) -> None:
         self.started = time.perf_counter()
         self.config, self.recipe, self.source = config, recipe, source
         self.verbose, self.on_step = verbose, on_step
@@ -740,8 +742,8 @@ def train(
     run_dir: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     verbose: bool = True,
-    stream=None,
-    on_step=None,
+    stream: TextIO | None = None,
+    on_step: Callable[[int, int, int], object] | None = None,
 ) -> dict:
     """Train from ``config`` (see ``onebit.training.config``); returns the run summary dict.
 
@@ -776,8 +778,8 @@ def resume_run(
     overrides: list[str] | tuple = (),
     *,
     verbose: bool = True,
-    stream=None,
-    on_step=None,
+    stream: TextIO | None = None,
+    on_step: Callable[[int, int, int], object] | None = None,
 ) -> dict:
     """Continue the run in ``run_dir`` from its ``last.pt`` (recipe, config and position from the
     checkpoint; ``key=value`` ``overrides`` applied); returns the summary, as ``train`` does.

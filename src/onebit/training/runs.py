@@ -58,28 +58,37 @@ EVENTS = "events.out.tfevents.*"
 CHECKPOINTS = ("best", "last")
 
 
+def _file(name: str, doc: str) -> property:
+    """A read-only property: the path of the run folder's file ``name``."""
+
+    def path(self: RunFolder) -> Path:
+        return self.path / name
+
+    return property(path, doc=doc)
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The paths of one run folder's files (nothing is read or created)."""
 
     path: Path
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
 
-    config = property(lambda self: self.path / CONFIG, doc="config.toml: the resolved config")
-    metrics = property(lambda self: self.path / METRICS, doc="metrics.csv: one row per epoch")
-    flips = property(lambda self: self.path / FLIPS, doc="flips.csv: one row per optimizer step")
-    last = property(lambda self: self.path / LAST, doc="last.pt: the latest checkpoint")
-    best = property(lambda self: self.path / BEST, doc="best.pt: the checkpoint of the best test accuracy")
-    weights = property(lambda self: self.path / WEIGHTS, doc="model.safetensors: best.pt's model weights")
-    summary = property(lambda self: self.path / SUMMARY, doc="summary.json: the end-of-run figures")
-    accuracy_plot = property(lambda self: self.path / ACCURACY_PLOT, doc="accuracy.png")
-    flips_plot = property(lambda self: self.path / FLIPS_PLOT, doc="flips.png")
-    compare_plot = property(lambda self: self.path / COMPARE_PLOT, doc="compare.png: a sweep's curves")
-    approximation = property(lambda self: self.path / APPROXIMATION, doc="approximation.json")
-    seeds_summary = property(lambda self: self.path / SEEDS_SUMMARY, doc="seeds.json: a multi-seed run's figures")
-    seeds_table = property(lambda self: self.path / SEEDS_TABLE, doc="seeds.csv: one row per seed, mean, std")
+    config = _file(CONFIG, "config.toml: the resolved config")
+    metrics = _file(METRICS, "metrics.csv: one row per epoch")
+    flips = _file(FLIPS, "flips.csv: one row per optimizer step")
+    last = _file(LAST, "last.pt: the latest checkpoint")
+    best = _file(BEST, "best.pt: the checkpoint of the best test accuracy")
+    weights = _file(WEIGHTS, "model.safetensors: best.pt's model weights")
+    summary = _file(SUMMARY, "summary.json: the end-of-run figures")
+    accuracy_plot = _file(ACCURACY_PLOT, "accuracy.png")
+    flips_plot = _file(FLIPS_PLOT, "flips.png")
+    compare_plot = _file(COMPARE_PLOT, "compare.png: a sweep's curves")
+    approximation = _file(APPROXIMATION, "approximation.json")
+    seeds_summary = _file(SEEDS_SUMMARY, "seeds.json: a multi-seed run's figures")
+    seeds_table = _file(SEEDS_TABLE, "seeds.csv: one row per seed, mean, std")
 
     def events(self) -> list[Path]:
         """The TensorBoard event files, sorted."""

@@ -13,6 +13,7 @@ bf16 on the CPU, many times slower than fp32).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -74,8 +75,12 @@ def configure_device(device: torch.device) -> None:
 
 
 def make_train_step(
-    model: nn.Module, optimizer: torch.optim.Optimizer, schedulers=(), precision: str = "fp32", device=None
-):
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedulers: Sequence[torch.optim.lr_scheduler.LRScheduler] = (),
+    precision: str = "fp32",
+    device: str | torch.device | None = None,
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``step(x, y) -> (loss, correct)``: zero grads, forward and cross-entropy on logits (under
     ``autocast`` for ``precision``), backward, optimizer step, schedulers step. Returns 0-dim
     tensors (detached; no host sync)."""
@@ -106,7 +111,11 @@ def to_device(x: torch.Tensor, device, channels_last: bool = False) -> torch.Ten
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader, device: torch.device, channels_last: bool = False, precision: str = "fp32"
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    channels_last: bool = False,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Sums over ``loader`` in eval mode: tensor [loss_sum, correct, count] (float64, on device);
     forward passes in ``precision`` as training's."""
