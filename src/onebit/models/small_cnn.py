@@ -31,7 +31,7 @@ def small_cnn(
     q = dict(kernel_quantizer=kernel_quantizer, kernel_constraint=kernel_constraint)
     size = ((image_size - 2) // 2 - 2) // 2 - 2  # conv, pool, conv, pool, conv
     if size < 1:
-        raise ValueError(f"small_cnn image_size={image_size} is too small; it takes 10 pixels or more")
+        raise ValueError(f"small_cnn image_size={image_size} is too small; it takes 18 pixels or more")
     features = 64 * size * size
     model = nn.Sequential(
         QuantConv2d(in_channels, 32, 3, bias=False, **q),

@@ -352,7 +352,8 @@ def plot_compare(
                 order, colors = list(range(len(members))), [cycle[k % len(cycle)] for k in range(len(members))]
             for k, j in enumerate(order):
                 _draw_compared(axes[:, col], run_dirs[members[j]], _greek(legends[j]), colors[k])
-            axes[0, col].set_title(_column_title(name, shared))
+            # one column: the figure's title already names the experiment
+            axes[0, col].set_title(_column_title(name if len(names) > 1 else "", shared))
             _epoch_axis(axes[1, col])
             if len(names) > 1:
                 axes[0, col].legend(loc="lower right")
