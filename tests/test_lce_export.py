@@ -250,7 +250,7 @@ class _Gated(nn.Module):
             (1, 4, 8, 8),
             r"layer '0' \(QuantDepthwiseConv2d\): binary input on a grouped/depthwise",
         ),
-        (_Cat(2), (1, 4, 8, 8), r"op 'cat': concatenation along dim 2"),
+        (_Cat(2), (1, 4, 8, 8), r"op 'cat' \(cat\): concatenation along dim 2"),
         (nn.Sequential(nn.Conv2d(4, 4, 3), nn.Tanh()), (1, 4, 8, 8), r"layer '1': operation 'tanh' cannot be exported"),
     ],
     ids=[

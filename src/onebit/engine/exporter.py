@@ -91,6 +91,13 @@ def _binary_kernel(layer, name):
     return bits, alpha.numpy().astype(np.float32)
 
 
+def _quantized_weight(layer) -> np.ndarray:
+    """The kernel a layer computes with (its kernel quantizer applied), float32, torch's layout."""
+    with torch.no_grad():
+        w = layer.quantized_weight() if isinstance(layer, QuantLayer) else layer.weight
+    return w.detach().float().numpy().copy()
+
+
 def _conv_pads(m, spatial):
     if isinstance(m, QuantLayer):
         return [tuple(int(v) for v in p) for p in m.padding_for(tuple(spatial))]
@@ -505,7 +512,7 @@ class _GraphBuilder:
         """``x[:, :, None, None]`` (a (N, C) tensor as (N, C, 1, 1)); other indexing is refused."""
         src, index = node.args
         full = slice(None, None, None)
-        if self.shapes.get(src.name, ())[:2] == self.shapes[node.name][:2] and index == (full, full, None, None):
+        if len(self.shapes.get(src.name, ())) == 2 and index == (full, full, None, None):
             return self._add("expand_hw", node, [self._arg(node, src)], name=node.name)
         raise EngineError(f"op {node.name!r} (getitem): indexing {index!r}; the engine takes x[:, :, None, None] only")
 
@@ -539,8 +546,9 @@ _METHODS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh", "clamp": "hard
 # --------------------------------------------------------------------------------- lowering
 
 
-class _Lowering:
-    """Float-semantics ops -> engine ops (JSON-able dicts) and arrays."""
+class _OpGraph:
+    """The traced ops with their readers: what every lowering (the engine's, LCE's) asks of the
+    graph before it writes an op, and which binary layers write packed sign bits (the fusions)."""
 
     def __init__(self, ops, output):
         self.ops = ops
@@ -551,6 +559,86 @@ class _Lowering:
             for v in op.inputs:
                 self.uses[v] = self.uses.get(v, 0) + 1
         self.uses[output] = self.uses.get(output, 0) + 1
+
+    def readers(self, value) -> list:
+        return [c for c in self.ops if value in c.inputs]
+
+    def sole_reader(self, op, kind):
+        """The op of ``kind`` that alone reads ``op``'s output (not the model's output), else None."""
+        readers = self.readers(op.out)
+        if len(readers) != 1 or readers[0].kind != kind or self.uses[op.out] != 1:
+            return None
+        return readers[0]
+
+    # fusion: binary layer -> [maxpool] -> [bn] -> [maxpool | flatten] -> sign
+    def find_fusions(self):
+        """{binary layer's output: plan}: the layers whose output only feeds signs read by binary
+        layers, through max-pool / batch norm / flatten (``chain``), with the ``bn`` and ``sign``."""
+        fused = {}
+        for s in self.ops:
+            if s.kind != "sign":
+                continue
+            chain = []
+            cur = s.inputs[0]
+            readers = self.readers(s.out)
+            if not readers or not all(
+                c.kind in ("conv", "linear") and c.attrs["binary_input"] and c.attrs["kernel"] is not None
+                for c in readers
+            ):
+                continue  # something reads the signs as floats: keep the float path
+            while cur in self.by_out and self.uses.get(cur) == 1:
+                prod = self.by_out[cur]
+                if prod.kind in ("conv", "linear"):
+                    if prod.attrs["binary_input"] and prod.attrs["kernel"] is not None:
+                        plan = self._plan(prod, chain[::-1], s)
+                        if plan is not None:
+                            fused[prod.out] = plan
+                    break
+                if prod.kind not in ("maxpool", "bn", "flatten"):
+                    break
+                chain.append(prod)
+                cur = prod.inputs[0]
+        return fused
+
+    def _plan(self, layer, chain, sign_op):
+        bns = [c for c in chain if c.kind == "bn"]
+        if len(bns) > 1 or layer.attrs["groups"] != 1:
+            return None
+        seen_flatten = False
+        for c in chain:
+            if c.kind == "flatten":
+                seen_flatten = True
+            elif seen_flatten:  # pooling or batch norm after a flatten: keep the float path
+                return None
+        bn = bns[0] if bns else None
+        if bn is not None and bn.module.num_features != layer.attrs["weight"].shape[0]:
+            return None
+        return {"chain": chain, "bn": bn, "sign": sign_op}
+
+    @staticmethod
+    def folded_into(fused) -> set[int]:
+        """ids of the ops a fused layer writes itself (its chain and its sign): not lowered alone."""
+        skip = set()
+        for plan in fused.values():
+            skip.update(id(c) for c in plan["chain"])
+            skip.add(id(plan["sign"]))
+        return skip
+
+    @staticmethod
+    def thresholds(layer, plan):
+        """(sgn, thr, increasing) of ``sign_thresholds`` for a fused layer and its plan's batch norm."""
+        a = layer.attrs
+        o = a["weight"].shape[0]
+        k = int(np.prod(a["weight"].shape[1:]))
+        bn = plan["bn"].module if plan["bn"] is not None else None
+        return sign_thresholds(layer.name, k, o, alpha=a["kernel"][1], bias=a["bias"], bn=bn)
+
+
+class _Lowering(_OpGraph):
+    """Float-semantics ops -> engine ops (JSON-able dicts) and arrays."""
+
+    def __init__(self, ops, output):
+        super().__init__(ops, output)
         self.out_ops: list[dict] = []
         self.arrays: dict[str, np.ndarray] = {}
         self.env: dict[str, tuple] = {"input": ("float", "input", None)}
@@ -614,55 +702,9 @@ class _Lowering:
             self.cache[key] = self.emit("pack_levels", [vid], levels=meta["levels"], planes=meta["planes"])
         return self.cache[key], {"positions": 1, "channels": meta["shape"][1]}
 
-    # fusion: binary layer -> [maxpool] -> [bn] -> [maxpool | flatten] -> sign
-    def find_fusions(self):
-        fused = {}
-        for s in self.ops:
-            if s.kind != "sign":
-                continue
-            chain = []
-            cur = s.inputs[0]
-            readers = [c for c in self.ops if s.out in c.inputs]
-            if not readers or not all(
-                c.kind in ("conv", "linear") and c.attrs["binary_input"] and c.attrs["kernel"] is not None
-                for c in readers
-            ):
-                continue  # something reads the signs as floats: keep the float path
-            while cur in self.by_out and self.uses.get(cur) == 1:
-                prod = self.by_out[cur]
-                if prod.kind in ("conv", "linear"):
-                    if prod.attrs["binary_input"] and prod.attrs["kernel"] is not None:
-                        plan = self._plan(prod, chain[::-1], s)
-                        if plan is not None:
-                            fused[prod.out] = plan
-                    break
-                if prod.kind not in ("maxpool", "bn", "flatten"):
-                    break
-                chain.append(prod)
-                cur = prod.inputs[0]
-        return fused
-
-    def _plan(self, layer, chain, sign_op):
-        bns = [c for c in chain if c.kind == "bn"]
-        if len(bns) > 1 or layer.attrs["groups"] != 1:
-            return None
-        seen_flatten = False
-        for c in chain:
-            if c.kind == "flatten":
-                seen_flatten = True
-            elif seen_flatten:  # pooling or batch norm after a flatten: keep the float path
-                return None
-        bn = bns[0] if bns else None
-        if bn is not None and bn.module.num_features != layer.attrs["weight"].shape[0]:
-            return None
-        return {"chain": chain, "bn": bn, "sign": sign_op}
-
     def run(self):
         fused = self.find_fusions()
-        skip = set()
-        for plan in fused.values():
-            skip.update(id(c) for c in plan["chain"])
-            skip.add(id(plan["sign"]))
+        skip = self.folded_into(fused)
         for op in self.ops:
             if id(op) in skip:
                 continue
@@ -743,8 +785,7 @@ class _Lowering:
         if a["planes"]:
             mul = (mul / np.float32(2 ** a["planes"] - 1)).astype(np.float32)
         add = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
-        nxt = [c for c in self.ops if op.out in c.inputs]
-        bn = nxt[0] if len(nxt) == 1 and nxt[0].kind == "bn" and self.uses[op.out] == 1 else None
+        bn = self.sole_reader(op, "bn")
         if bn is not None and bn.module.num_features == o:
             mul = mul * bn.attrs["mul"]
             add = add * bn.attrs["mul"] + bn.attrs["add"]
@@ -792,9 +833,7 @@ class _Lowering:
             if alpha is not None:
                 arrays["alpha"] = alpha
         else:
-            with torch.no_grad():
-                w = op.module.quantized_weight() if isinstance(op.module, QuantLayer) else op.module.weight
-            arrays["weight"] = w.detach().float().numpy().copy()
+            arrays["weight"] = _quantized_weight(op.module)
         if a["bias"] is not None:
             arrays["bias"] = a["bias"]
         return arrays
@@ -892,12 +931,8 @@ class _Lowering:
 
     def _fused(self, layer, plan):
         """Binary layer writing packed sign bits: thresholds, then max-pool / flatten on bits."""
-        a = layer.attrs
-        o = a["weight"].shape[0]
-        k = int(np.prod(a["weight"].shape[1:]))
-        sgn, thr, increasing = sign_thresholds(
-            layer.name, k, o, alpha=a["kernel"][1], bias=a["bias"], bn=plan["bn"].module if plan["bn"] else None
-        )
+        o = layer.attrs["weight"].shape[0]
+        sgn, thr, increasing = self.thresholds(layer, plan)
         vid = self._binary_layer(layer, {"sgn": sgn.astype(np.int8), "thr": thr.astype(np.int32)}, "bits")
         conv = layer.kind == "conv"
         shape = layer.shape

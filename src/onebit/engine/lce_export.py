@@ -24,20 +24,15 @@ flatten order. What LCE cannot express is refused with a one-line ``EngineError`
 
 from __future__ import annotations
 
-import operator
 import os
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import nn
 
 from ..kernels.bits import EngineError, pack_bool
 from ..kernels.geometry import out_size, same_padding
-from ..layers import QuantLayer
-from .exporter import _conv_pads, _GraphBuilder, _Lowering
-from .thresholds import sign_thresholds
+from .exporter import _GraphBuilder, _OpGraph, _quantized_weight
 
 __all__ = ["export_lce", "build_lce"]
 
@@ -211,107 +206,6 @@ def _offsets(b, offsets):
     return b.EndVector()
 
 
-# ------------------------------------------------------------------------------ tracing
-
-
-_ARITHMETIC = (operator.getitem, operator.add, operator.sub, operator.mul, operator.floordiv)
-
-
-class _LceGraphBuilder(_GraphBuilder):
-    """The engine's tracer plus what TFLite runs besides: real grouped and depthwise
-    convolutions, and concatenation along the channels."""
-
-    def _module(self, node, m):
-        if isinstance(m, nn.Conv2d) and m.groups != 1:
-            return self._grouped(node, m)
-        if isinstance(m, nn.PReLU):
-            alpha = m.weight.detach().float().numpy().copy()
-            return self._add("prelu", node, [self._arg(node, node.args[0])], m, alpha=alpha)
-        if isinstance(m, nn.Sigmoid):
-            return self._add("sigmoid", node, [self._arg(node, node.args[0])], m)
-        return super()._module(node, m)
-
-    def _grouped(self, node, m):
-        name = node.target
-        if getattr(m, "input_quantizer", None) is not None:
-            raise EngineError(
-                f"layer {name!r} ({type(m).__name__}): binary input on a grouped/depthwise convolution; "
-                f"LCE's binary convolutions run groups=1"
-            )
-        if m.padding_mode != "zeros":
-            raise EngineError(f"layer {name!r}: padding_mode={m.padding_mode!r}; LCE export pads with a constant")
-        x = self._arg(node, node.args[0])
-        in_shape = self.shapes[node.args[0].name]
-        with torch.no_grad():
-            w = (m.quantized_weight() if isinstance(m, QuantLayer) else m.weight).detach().float().numpy().copy()
-        return self._add(
-            "grouped",
-            node,
-            [x],
-            m,
-            weight=w,
-            bias=None if m.bias is None else m.bias.detach().float().numpy().copy(),
-            groups=int(m.groups),
-            kernel_size=list(m.kernel_size),
-            stride=list(m.stride),
-            dilation=list(m.dilation),
-            padding=[list(p) for p in _conv_pads(m, in_shape[2:])],
-            pad_value=float(getattr(m, "pad_values", 0.0)),
-        )
-
-    def _function(self, node):
-        if node.target is torch.cat and node.name in self.shapes:
-            tensors = node.args[0]
-            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            if len(self.shapes[node.name]) != 4 or dim % 4 != 1:
-                raise EngineError(
-                    f"op {node.name!r}: concatenation along dim {dim}; LCE export concatenates the "
-                    f"channels (dim 1) of feature maps"
-                )
-            return self._add("concat", node, [self._arg(node, t) for t in tensors], name=node.name)
-        if node.target is F.pad and node.name in self.shapes:
-            return self._constant_pad(node)
-        if node.target in (operator.mul, torch.mul) and node.name in self.shapes:
-            a, b = node.args
-            if not (isinstance(a, fx.Node) and isinstance(b, fx.Node) and len(self.shapes[node.name]) == 4):
-                raise EngineError(f"op {node.name!r}: LCE export multiplies two feature maps only")
-            return self._add("mul", node, [self._arg(node, a), self._arg(node, b)], name=node.name)
-        if node.target is operator.getitem and node.name in self.shapes:
-            index = (slice(None), slice(None), None, None)
-            if len(self.shapes[node.args[0].name]) != 2 or node.args[1] != index:
-                raise EngineError(f"op {node.name!r}: indexing {node.args[1]}; LCE export supports [:, :, None, None]")
-            return self._add("unsqueeze", node, [self._arg(node, node.args[0])], name=node.name)
-        return super()._function(node)
-
-    def _static(self, a):
-        """The value of shape arithmetic (``x.shape[1] - w.shape[1]``, ``x.size(1)``) for this input size."""
-        if not isinstance(a, fx.Node):
-            return a
-        if a.op == "call_function" and a.target is getattr and a.args[1] == "shape":
-            return self.shapes[a.args[0].name]
-        if a.op == "call_method" and a.target == "size":
-            shape = self.shapes[a.args[0].name]
-            return shape[self._static(a.args[1])] if len(a.args) > 1 else shape
-        if a.op == "call_function" and a.target in _ARITHMETIC:
-            return a.target(*(self._static(v) for v in a.args))
-        raise EngineError(f"op {a.name!r}: {a.target} is not shape arithmetic LCE export can evaluate")
-
-    def _constant_pad(self, node):
-        """``F.pad`` with a constant on a feature map (e.g. zero channels added to a shortcut)."""
-        pads = [int(self._static(p)) for p in node.args[1]]
-        mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
-        value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value")
-        if mode != "constant" or len(self.shapes[node.name]) != 4 or min(pads, default=0) < 0:
-            raise EngineError(
-                f"op {node.name!r}: F.pad {pads} mode={mode!r}; LCE export pads feature maps with a constant"
-            )
-        full = [[0, 0] for _ in range(4)]  # NCHW; torch lists the last dim first
-        for i, pair in enumerate(zip(pads[0::2], pads[1::2])):
-            full[3 - i] = list(pair)
-        x = self._arg(node, node.args[0])
-        return self._add("pad", node, [x], name=node.name, pads=full, value=float(value or 0.0))
-
-
 # ------------------------------------------------------------------------------ values and geometry
 
 
@@ -327,9 +221,17 @@ class _Val:
     flat: bool = False
 
 
-def _nhwc(shape):
-    shape = tuple(int(v) for v in shape)
-    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else shape
+def _nhwc(dims):
+    """Per-axis entries of an NCHW tensor (its shape, its pad widths) in NHWC order; a 2-D
+    tensor's as they are."""
+    dims = tuple(int(v) if np.isscalar(v) else tuple(v) for v in dims)
+    return (dims[0], dims[2], dims[3], dims[1]) if len(dims) == 4 else dims
+
+
+def _zero_padded(op) -> bool:
+    """Whether a convolution op pads its input with zeros (LCE's kernels treat those apart)."""
+    a = op.attrs
+    return op.kind == "conv" and int(a["pad_value"]) == 0 and any(v for p in a["padding"] for v in p)
 
 
 def _pool_padding(spatial, kernel, stride, pads, ceil_mode):
@@ -350,19 +252,13 @@ def _pool_padding(spatial, kernel, stride, pads, ceil_mode):
 # ------------------------------------------------------------------------------ lowering
 
 
-class _LceLowering:
+class _LceLowering(_OpGraph):
     """The exporter's float-semantics ops -> TFLite tensors and LCE / builtin operators."""
 
     def __init__(self, ops, output, input_size):
-        self.ops = ops
-        self.output = output
+        super().__init__(ops, output)
         self.w = _Writer()
-        self.fused = _Lowering(ops, output).find_fusions()
-        self.by_out = {op.out: op for op in ops}
-        self.uses: dict[str, int] = {}
-        for op in ops:
-            for v in op.inputs:
-                self.uses[v] = self.uses.get(v, 0) + 1
+        self.fused = self.find_fusions()
         shape = _nhwc(input_size)
         self.input = self.w.tensor(shape, np.float32, "input")
         self.env: dict[str, _Val] = {"input": _Val(self.input, "float", shape)}
@@ -371,10 +267,7 @@ class _LceLowering:
         self.binary_weight_bits = 0
 
     def run(self) -> bytes:
-        skip = set()
-        for plan in self.fused.values():
-            skip.update(id(c) for c in plan["chain"])
-            skip.add(id(plan["sign"]))
+        skip = self.folded_into(self.fused)
         for op in self.ops:
             if id(op) in skip or id(op) in self.absorbed:
                 continue
@@ -545,15 +438,13 @@ class _LceLowering:
         packed bits through thresholds, or, where LCE's thresholds cannot say it (zero padding, or
         a max-pool before a batch norm with a negative scale), an exact float g with sign(g) =
         torch's sign: g = sgn * dot + 0.5 - thr on integer dots."""
-        a, chain, bn = layer.attrs, plan["chain"], plan["bn"]
-        k = int(np.prod(a["weight"].shape[1:]))
-        o = a["weight"].shape[0]
-        sgn, thr, increasing = sign_thresholds(
-            layer.name, k, o, alpha=a["kernel"][1], bias=a["bias"], bn=bn.module if bn is not None else None
-        )
+        chain, bn = plan["chain"], plan["bn"]
+        k = int(np.prod(layer.attrs["weight"].shape[1:]))
+        o = layer.attrs["weight"].shape[0]
+        sgn, thr, increasing = self.thresholds(layer, plan)
         kinds = [c.kind for c in chain]
         pool_before_bn = bn is not None and "maxpool" in kinds[: kinds.index("bn")]
-        zero_pad = layer.kind == "conv" and int(a["pad_value"]) == 0 and any(v for p in a["padding"] for v in p)
+        zero_pad = _zero_padded(layer)
         src = self.env[layer.inputs[0]]
         pending = None
         if not zero_pad and (increasing.all() or not pool_before_bn):
@@ -576,27 +467,19 @@ class _LceLowering:
             v = _Val(v.tensor, "sign", v.shape, v.flat)
         self.env[plan["sign"].out] = v
 
-    def _sole_reader(self, op, kind):
-        """The op of ``kind`` that alone reads ``op``'s output (to fold into the binary layer before
-        it), else None; a batch norm only with the layer's channel count."""
-        readers = [c for c in self.ops if op.out in c.inputs]
-        if op.out == self.output or len(readers) != 1 or readers[0].kind != kind or self.uses[op.out] != 1:
-            return None
-        reader = readers[0]
-        return None if kind == "bn" and reader.module.num_features != self.channels else reader
-
     def _binary(self, op):
         """A binary layer with a float output: kernel scale, bias and a sole batch norm folded
         into LCE's post-activation multiplier and bias, and a relu between them (QuickNet's
         blocks) into its fused activation, which clamps the dot: relu(alpha * d) = alpha * relu(d)."""
         a = op.attrs
-        o = self.channels = a["weight"].shape[0]
+        o = a["weight"].shape[0]
         mul = a["kernel"][1] if a["kernel"][1] is not None else np.ones(o, np.float32)
         add = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
-        zero_padding = op.kind == "conv" and int(a["pad_value"]) == 0 and any(v for p in a["padding"] for v in p)
         # LCE's optimized kernels zero-pad only without a fused activation
-        relu = self._sole_reader(op, "relu") if a["bias"] is None and not zero_padding else None
-        bn = self._sole_reader(relu or op, "bn")
+        relu = self.sole_reader(op, "relu") if a["bias"] is None and not _zero_padded(op) else None
+        bn = self.sole_reader(relu or op, "bn")
+        if bn is not None and bn.module.num_features != o:  # a batch norm over the layer's channels only
+            bn = None
         if bn is not None:
             mul, add = mul * bn.attrs["mul"], add * bn.attrs["mul"] + bn.attrs["add"]
         v = self.bconv(op, self.env[op.inputs[0]], mul=mul, add=add, relu=relu is not None)
@@ -611,11 +494,11 @@ class _LceLowering:
 
     def _conv(self, op):
         a = op.attrs
+        if a["groups"] != 1:
+            return self._grouped(op)
         if a["binary_input"] and a["kernel"] is not None:
             return self._binary(op)
-        m = op.module
-        with torch.no_grad():
-            w = (m.quantized_weight() if isinstance(m, QuantLayer) else m.weight).detach().float().numpy()
+        w = _quantized_weight(op.module)
         o = w.shape[0]
         bias = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
         v = self.float_of(self.env[op.inputs[0]])
@@ -653,8 +536,13 @@ class _LceLowering:
     def _grouped(self, op):
         """DEPTHWISE_CONV_2D (groups = channels), else SPLIT + one CONV_2D per group + CONCATENATION."""
         a = op.attrs
+        if a["binary_input"] or a["planes"]:
+            raise EngineError(
+                f"layer {op.name!r} ({type(op.module).__name__}): binary input on a grouped/depthwise "
+                f"convolution; LCE's binary convolutions run groups=1"
+            )
         v = self.real(op)
-        w, g, c = a["weight"], a["groups"], v.shape[3]
+        w, g, c = _quantized_weight(op.module), a["groups"], v.shape[3]
         o = w.shape[0]
         bias = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
         padding, v = self.float_conv_padding(op, v)
@@ -679,7 +567,9 @@ class _LceLowering:
         self.env[op.out] = self.concat(outs, shape, op.name)
 
     def concat(self, tensors, shape, name) -> _Val:
-        t = self.emit("CONCATENATION", tensors, shape, np.float32, name, options=("ConcatenationOptions", {"Axis": 3}))
+        """CONCATENATION along the channels: the last axis of NHWC maps and of (N, features)."""
+        axis = {"Axis": len(shape) - 1}
+        t = self.emit("CONCATENATION", tensors, shape, np.float32, name, options=("ConcatenationOptions", axis))
         return _Val(t, "float", shape)
 
     def _concat(self, op):
@@ -700,7 +590,7 @@ class _LceLowering:
             self.emit("LOGISTIC", [v.tensor], v.shape, np.float32, op.name), "float", v.shape, v.flat
         )
 
-    def _unsqueeze(self, op):  # (N, C) -> torch's (N, C, 1, 1), NHWC (N, 1, 1, C)
+    def _expand_hw(self, op):  # (N, C) -> torch's (N, C, 1, 1), NHWC (N, 1, 1, C)
         v = self.materialize(self.float_of(self.env[op.inputs[0]]))
         self.env[op.out] = self.reshape(v, (v.shape[0], 1, 1, v.shape[1]), op.name)
 
@@ -712,9 +602,9 @@ class _LceLowering:
 
     def _pad(self, op):
         v = self.real(op)
-        n, c, h, w = op.attrs["pads"]  # (before, after) per NCHW dim
+        widths = _nhwc(op.attrs["widths"])  # (before, after) per dim, as the tensor's axes
         shape = _nhwc(op.shape)
-        inputs = [v.tensor, self.w.const(np.array([n, h, w, c], np.int32), op.name + "/paddings")]
+        inputs = [v.tensor, self.w.const(np.array(widths, np.int32), op.name + "/paddings")]
         if op.attrs["value"] != 0:
             inputs.append(self.w.const(np.float32(op.attrs["value"]), op.name + "/value"))
         t = self.emit("PADV2" if op.attrs["value"] != 0 else "PAD", inputs, shape, np.float32, op.name)
@@ -847,7 +737,7 @@ def build_lce(model: nn.Module, input_size) -> tuple[bytes, dict]:
     was_training = model.training
     model.eval()
     try:
-        ops, output = _LceGraphBuilder(model, size).trace()
+        ops, output = _GraphBuilder(model, size).trace()
         lowering = _LceLowering(ops, output, size)
         data = lowering.run()
     finally:
