@@ -37,7 +37,9 @@ __all__ = ["export", "build", "EngineError"]
 
 
 # Pool2dSame (TensorFlow-style "same" pooling) is shape-dependent: a leaf with its own rule.
-_LEAVES = (QuantLayer, q.Quantizer, Pool2dSame)
+# Batch norms of every class (Keras' own, from ``onebit.from_larq``, too) normalize dim 1: leaves.
+_BATCH_NORM = nn.modules.batchnorm._BatchNorm
+_LEAVES = (QuantLayer, q.Quantizer, Pool2dSame, _BATCH_NORM)
 
 
 class _Tracer(fx.Tracer):
@@ -138,7 +140,48 @@ def _describe(node) -> str:
     """How a refusal names a graph node: the layer's module path or the op and its function."""
     if node.op == "call_module":
         return f"layer {node.target!r}"
-    return f"op {node.name!r} ({_target_name(node)})"
+    return f"op {node.name!r} ({_target_name(node)}){_within(node)}"
+
+
+def _within(node) -> str:
+    """`` in layer 'path'``: the innermost module whose forward() called a function node, if any."""
+    stack = node.meta.get("nn_module_stack") or {}
+    return f" in layer {next(reversed(stack))!r}" if stack else ""
+
+
+def _pad_widths(pads, rank):
+    """[before, after] per dim of a tensor of ``rank`` dims from F.pad's ``pads`` (the last dim
+    first), or None where the engine cannot pad so (negative amounts, the batch axis)."""
+    ok = isinstance(pads, (list, tuple)) and len(pads) % 2 == 0 and len(pads) // 2 <= rank - 1
+    if not ok or not all(isinstance(v, int) and v >= 0 for v in pads):
+        return None
+    widths = [[0, 0]] * rank
+    for i in range(len(pads) // 2):
+        widths[rank - 1 - i] = [pads[2 * i], pads[2 * i + 1]]
+    return widths
+
+
+def _permutation(node, rank, values) -> tuple:
+    """Where ``movedim`` / ``permute`` (``node``) sends each dim of a tensor of ``rank`` dims:
+    the op itself applied to an empty tensor whose distinct sizes name its dims."""
+    probe = torch.empty(tuple(range(2, rank + 2)))
+    args = _resolve(tuple(node.args[1:]), values)
+    kwargs = {k: _resolve(v, values) for k, v in node.kwargs.items()}
+    fn = getattr(probe, node.target) if node.op == "call_method" else lambda *a, **k: node.target(probe, *a, **k)
+    return tuple(int(v) - 2 for v in fn(*args, **kwargs).shape)
+
+
+def _columns_to_torch_order(attrs, chw):
+    """A dense layer's weight columns reordered from a channels-last flatten (H, W, C) of a (C,
+    H, W) map to torch's (C, H, W) flatten, so the layer can read torch's flatten instead."""
+    c, h, w = chw
+
+    def reorder(a):
+        return np.ascontiguousarray(a.reshape(a.shape[0], h, w, c).transpose(0, 3, 1, 2).reshape(a.shape[0], -1))
+
+    attrs["weight"] = reorder(attrs["weight"])
+    if attrs["kernel"] is not None:
+        attrs["kernel"] = (reorder(attrs["kernel"][0]), attrs["kernel"][1])
 
 
 _MAX_PLANES = 8  # multi-bit activations run as this many bit-planes at most
@@ -202,6 +245,8 @@ class _GraphBuilder:
         self.shapes: dict[str, tuple] = {}
         self.input_size = tuple(int(v) for v in input_size)
         self.alias: dict[str, str] = {}
+        self.channels_last: dict[str, str] = {}  # a map's movedim(1, -1): its source, for a flatten
+        self.hwc: dict[str, tuple] = {}  # a flatten of a channels-last map: (C, H, W), for dense layers
 
     def trace(self):
         try:
@@ -234,10 +279,26 @@ class _GraphBuilder:
         self.ops.append(_Op(kind, name or str(node.target), list(inputs), out, shape, module, attrs))
         return out
 
-    def _arg(self, node, a, what="input"):
+    def _arg(self, node, a, what="input", passes_on=False):
+        """The graph value ``node`` reads as ``a`` (``passes_on``: ``node`` is the identity)."""
         if not isinstance(a, fx.Node) or (a.name not in self.shapes and a.name not in self.alias):
             raise EngineError(f"{_describe(node)}: {what} {a!r} is not a tensor of the graph")
-        return self.alias.get(a.name, a.name)
+        if a.name in self.channels_last:
+            raise EngineError(
+                f"{_describe(node)}: reads {a.name!r}, a map with its channels moved last; the engine "
+                f"takes that only into a flatten (Keras' Flatten)"
+            )
+        name = self.alias.get(a.name, a.name)
+        if name in self.hwc and not passes_on and not self._reads_features(node):
+            raise EngineError(
+                f"{_describe(node)}: reads {name!r}, a map flattened channels-last (Keras' Flatten); the "
+                f"engine feeds that only to dense layers"
+            )
+        return name
+
+    def _reads_features(self, node) -> bool:
+        """Whether ``node`` is a dense layer (which reorders its columns) or passes its input on."""
+        return node.op == "call_module" and isinstance(self.modules[node.target], (nn.Linear, nn.Identity, nn.Dropout))
 
     def _node(self, node):
         op = node.op
@@ -278,7 +339,7 @@ class _GraphBuilder:
                 f"layer {name!r} ({type(m).__name__}) is not supported; the engine runs "
                 f"Conv2d (grouped and depthwise too) and Linear, quantized or not"
             )
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(m, _BATCH_NORM):
             if len(in_shape) not in (2, 4):
                 raise EngineError(f"layer {name!r}: batch norm on a {len(in_shape)}-D tensor")
             try:
@@ -290,6 +351,11 @@ class _GraphBuilder:
             return self._pool(node, m, x, in_shape)
         if isinstance(m, nn.Flatten):
             return self._flatten(node, x)
+        if isinstance(m, nn.modules.padding._ConstantPadNd):
+            widths = _pad_widths(tuple(m.padding), len(in_shape))
+            if widths is None:
+                raise EngineError(f"layer {name!r}: padding {m.padding}; the engine pads by non-negative amounts")
+            return self._add("pad", node, [x], widths=widths, value=float(m.value))
         if isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d)):
             self.alias[node.name] = x
             return
@@ -354,8 +420,10 @@ class _GraphBuilder:
             kernel=kernel,
             groups=int(getattr(m, "groups", 1)),
             bias=None if m.bias is None else m.bias.detach().float().numpy().copy(),
-            weight=m.weight.detach().float().numpy().copy(),
+            weight=_quantized_weight(m),
         )
+        if not conv and x in self.hwc:
+            _columns_to_torch_order(attrs, self.hwc[x])
         if conv:
             pads = _conv_pads(m, in_shape[2:])
             attrs.update(
@@ -388,17 +456,39 @@ class _GraphBuilder:
             )
         return self._add("gap", node, [x], keepdims=keepdims)
 
-    def _flatten(self, node, x):
+    def _flatten(self, node, x, channels_last=False):
+        """A flatten to (N, features); of a map with its channels moved last (``src`` then is (N,
+        H, W, C)) torch's flatten is written, and the dense layers that read it reorder their columns."""
         shape = self.shapes[node.name]
         src = self.shapes[node.args[0].name]
         if len(shape) != 2 or shape[0] != src[0]:
             raise EngineError(
-                f"layer {node.target!s}: reshape {src} -> {shape}; the engine supports flattening to (N, features) only"
+                f"{_describe(node)}: reshape {src} -> {shape}; the engine supports flattening to (N, features) only"
             )
         if len(src) == 2:
             self.alias[node.name] = x
             return
-        return self._add("flatten", node, [x])
+        out = self._add("flatten", node, [x])
+        if channels_last and src[1] * src[2] > 1:
+            self.hwc[out] = (src[3], src[1], src[2])
+        return out
+
+    def _permute(self, node):
+        """``movedim`` / ``permute``: the identity (``movedim(1, -1)`` of a 2-D tensor), or a map's
+        channels moved last, which only a flatten may read (Keras' Flatten and Dense do this)."""
+        src = node.args[0]
+        rank = len(self.shapes[src.name])
+        order = _permutation(node, rank, self.values)
+        if order == tuple(range(rank)) and src.name in self.channels_last:
+            self.channels_last[node.name] = self.channels_last[src.name]
+        elif order == tuple(range(rank)):
+            self.alias[node.name] = self._arg(node, src, passes_on=True)
+        elif order == (0, 2, 3, 1):
+            self.channels_last[node.name] = self._arg(node, src)
+        else:
+            raise EngineError(
+                f"{_describe(node)}: dims to {order}; the engine moves a map's channels last only to flatten it"
+            )
 
     # -- functions and methods -------------------------------------------------------------------
 
@@ -420,8 +510,14 @@ class _GraphBuilder:
             return self._pad(node)
         if t is operator.getitem:
             return self._getitem(node)
+        if t in (torch.movedim, torch.permute) or (method and t in ("movedim", "permute")):
+            return self._permute(node)
+        flatten = t is torch.flatten or (method and t in ("flatten", "view", "reshape"))
+        src = node.args[0].name if node.args and isinstance(node.args[0], fx.Node) else None
+        if flatten and src in self.channels_last:
+            return self._flatten(node, self.channels_last[src], channels_last=True)
         x = self._arg(node, node.args[0]) if node.args else None
-        if t in (torch.flatten,) or (method and t in ("flatten", "view", "reshape")):
+        if flatten:
             return self._flatten(node, x)
         elementwise = _FUNCTIONS.get(t) or (_METHODS.get(t) if method else None)
         if elementwise is not None:
@@ -440,7 +536,7 @@ class _GraphBuilder:
             )
         if t is F.max_pool2d or t is F.avg_pool2d:
             raise EngineError(f"op {node.name!r} ({name}): use nn.MaxPool2d / nn.AvgPool2d modules")
-        raise EngineError(f"op {node.name!r} ({name}) is not supported by the engine")
+        raise EngineError(f"op {node.name!r} ({name}){_within(node)} is not supported by the engine")
 
     def _elementwise(self, node, kind, x):
         """relu, sigmoid, tanh, clamp as functions or methods (clamp's bounds from its arguments)."""
@@ -496,16 +592,12 @@ class _GraphBuilder:
         pads = _resolve(node.kwargs.get("pad", node.args[1] if len(node.args) > 1 else None), self.values)
         mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
         value = _resolve(node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None), self.values)
-        rank = len(self.shapes[node.name])
-        ok = isinstance(pads, (list, tuple)) and len(pads) % 2 == 0 and len(pads) // 2 <= rank - 1
-        if not ok or mode != "constant" or not all(isinstance(v, int) and v >= 0 for v in pads):
+        widths = _pad_widths(pads, len(self.shapes[node.name]))
+        if widths is None or mode != "constant":
             raise EngineError(
                 f"op {node.name!r} (pad): pad={pads!r} mode={mode!r}; the engine pads with a constant, "
                 f"by non-negative amounts, not the batch axis"
             )
-        widths = [[0, 0]] * rank
-        for i in range(len(pads) // 2):  # F.pad lists the last dim first
-            widths[rank - 1 - i] = [pads[2 * i], pads[2 * i + 1]]
         return self._add("pad", node, [x], name=node.name, widths=widths, value=float(value or 0.0))
 
     def _getitem(self, node):
@@ -631,7 +723,7 @@ class _OpGraph:
         o = a["weight"].shape[0]
         k = int(np.prod(a["weight"].shape[1:]))
         bn = plan["bn"].module if plan["bn"] is not None else None
-        return sign_thresholds(layer.name, k, o, alpha=a["kernel"][1], bias=a["bias"], bn=bn)
+        return sign_thresholds(layer.name, k, o, alpha=a["kernel"][1], bias=a["bias"], bn=bn, rank=len(layer.shape))
 
 
 class _Lowering(_OpGraph):
@@ -833,7 +925,7 @@ class _Lowering(_OpGraph):
             if alpha is not None:
                 arrays["alpha"] = alpha
         else:
-            arrays["weight"] = _quantized_weight(op.module)
+            arrays["weight"] = a["weight"]
         if a["bias"] is not None:
             arrays["bias"] = a["bias"]
         return arrays

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..kernels.bits import EngineError, pack_bool
 from ..kernels.geometry import out_size, same_padding
-from .exporter import _GraphBuilder, _OpGraph, _quantized_weight
+from .exporter import _GraphBuilder, _OpGraph
 
 __all__ = ["export_lce", "build_lce"]
 
@@ -498,7 +498,7 @@ class _LceLowering(_OpGraph):
             return self._grouped(op)
         if a["binary_input"] and a["kernel"] is not None:
             return self._binary(op)
-        w = _quantized_weight(op.module)
+        w = a["weight"]
         o = w.shape[0]
         bias = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
         v = self.float_of(self.env[op.inputs[0]])
@@ -542,7 +542,7 @@ class _LceLowering(_OpGraph):
                 f"convolution; LCE's binary convolutions run groups=1"
             )
         v = self.real(op)
-        w, g, c = _quantized_weight(op.module), a["groups"], v.shape[3]
+        w, g, c = a["weight"], a["groups"], v.shape[3]
         o = w.shape[0]
         bias = a["bias"] if a["bias"] is not None else np.zeros(o, np.float32)
         padding, v = self.float_conv_padding(op, v)

@@ -45,12 +45,23 @@ def _dim(keras_axis: int, x: torch.Tensor) -> int:
     return 1 if keras_axis == -1 else torch_dim(keras_axis, x.dim())
 
 
+def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, ...) -> (N, ..., C); the identity on (N, C). The last dim is named by number: ONNX
+    export writes ``movedim(1, -1)`` of a 2-D tensor as an invalid Transpose."""
+    return x.movedim(1, x.dim() - 1)
+
+
+def _to_channels_first(x: torch.Tensor) -> torch.Tensor:
+    """(N, ..., C) -> (N, C, ...): the inverse of ``_to_channels_last``."""
+    return x.movedim(x.dim() - 1, 1)
+
+
 class ChannelsLastFlatten(nn.Module):
     """Keras ``Flatten``: flatten (N, C, H, W) in Keras' (H, W, C) order, so a following dense
     kernel keeps Keras' row order."""
 
     def forward(self, x):
-        return torch.flatten(x.movedim(1, -1), 1)  # movedim is the identity on (N, C)
+        return torch.flatten(_to_channels_last(x), 1)
 
 
 class ChannelsLast(nn.Module):
@@ -62,7 +73,7 @@ class ChannelsLast(nn.Module):
         self.module = module
 
     def forward(self, x):
-        return self.module(x.movedim(1, -1)).movedim(-1, 1)  # the identity moves on (N, C)
+        return _to_channels_first(self.module(_to_channels_last(x)))
 
 
 class KerasBatchNorm(nn.modules.batchnorm._BatchNorm):
@@ -149,8 +160,8 @@ class Reshape(nn.Module):
         self.target_shape = tuple(target_shape)
 
     def forward(self, x):
-        x = x.movedim(1, -1).reshape(x.shape[0], *self.target_shape)
-        return x.movedim(-1, 1) if len(self.target_shape) > 1 else x
+        x = _to_channels_last(x).reshape(x.shape[0], *self.target_shape)
+        return _to_channels_first(x) if len(self.target_shape) > 1 else x
 
     def extra_repr(self) -> str:
         return f"target_shape={self.target_shape} (Keras, channels-last)"
@@ -437,8 +448,14 @@ def _pool(kind: str):
 
 
 def _prelu(name: str, config: dict, weights: LayerWeights) -> nn.Module:
-    alpha = weights.take("alpha")
-    return ChannelPReLU(torch.from_numpy(np.ascontiguousarray(np.moveaxis(alpha, -1, 0))))
+    """torch's ``nn.PReLU`` where Keras shares alpha over every axis but the channels (what
+    onebit's exporters run), else ``ChannelPReLU`` with alpha of Keras' shape."""
+    alpha = np.ascontiguousarray(np.moveaxis(weights.take("alpha"), -1, 0))
+    if alpha.size == alpha.shape[0]:
+        prelu = nn.PReLU(alpha.shape[0])
+        _load(prelu.weight, alpha.reshape(-1))
+        return prelu
+    return ChannelPReLU(torch.from_numpy(alpha))
 
 
 def _relu(name: str, config: dict, weights: LayerWeights) -> nn.Module:
