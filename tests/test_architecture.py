@@ -62,7 +62,7 @@ def test_the_graph_is_read():
         "onebit.layers.quantized" in GRAPH["onebit.layers.popcount"]
         or "onebit.settings" in GRAPH["onebit.layers.popcount"]
     )
-    assert "onebit.kernels.geometry" in GRAPH["onebit.kernels.jit"]
+    assert "onebit.kernels.geometry" in GRAPH["onebit.kernels.jit_float"]
 
 
 def _cycles() -> list[list[str]]:

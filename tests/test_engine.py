@@ -118,33 +118,6 @@ def test_numba_kernels_equal_numpy(c, o, k, stride, dil, pads, pad_value):
 # ------------------------------------------------------------------------ single binary layers
 
 
-@needs_numba
-@pytest.mark.parametrize(
-    "c,o,k,stride,pads,pad_value",
-    [
-        (3, 128, 3, 1, ((0, 0), (0, 0)), 0.0),
-        (5, 70, 3, 2, ((1, 2), (0, 1)), 1.0),
-        (3, 64, 7, 2, ((2, 3), (2, 3)), 0.0),
-    ],
-)
-def test_numba_float_conv_fuses_batch_norm_and_packing(c, o, k, stride, pads, pad_value):
-    from onebit.kernels import jit as kb
-
-    rng = np.random.default_rng(o)
-    x = rng.standard_normal((2, 11, 9, c)).astype(np.float32)
-    wmat = rng.standard_normal((k * k * c, o)).astype(np.float32)
-    bias, mul, add = (rng.standard_normal(o).astype(np.float32) for _ in range(3))
-    args = (x, wmat, bias, (k, k), (stride, stride), (1, 1), pads, pad_value)
-    ref = kernels_numpy.conv2d(*args)
-    np.testing.assert_allclose(kb.conv2d(*args), ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(kb.conv2d(*args, mul, add), ref * mul + add, rtol=1e-4, atol=1e-4)
-    bits = kb.conv2d(*args, mul, add, pack=True)
-    want = pack_sign(ref * mul + add)
-    assert bits.shape == want.shape and bits.dtype == np.uint64
-    near_zero = np.abs(ref * mul + add) < 1e-3  # summation order may flip these, nothing else
-    assert np.array_equal(unpack_sign(bits, o)[~near_zero], unpack_sign(want, o)[~near_zero])
-
-
 def _binary_conv(c, o, k, stride, padding, pad_values):
     conv = QuantConv2d(
         c,
@@ -432,6 +405,8 @@ def test_every_zoo_model_runs_with_torchs_answers(tmp_path, name, state):
         out = rt(x.numpy())
         np.testing.assert_allclose(out, ref, atol=1e-4 * np.abs(ref).max(), rtol=0, err_msg=backend)
         assert np.array_equal(out.argmax(1), ref.argmax(1))
+        if backend == "numba":  # fused steps compute exactly what their ops compute one by one
+            assert np.array_equal(out, load(path, backend=backend, fuse=False)(x.numpy()))
         inputs = rt.op_inputs(x.numpy())
         got = {op["name"]: (op, inputs[i][0]) for i, op in enumerate(rt.ops) if op["op"] in _BINARY_LAYER_OPS}
         assert set(got) == set(want_bits)
@@ -441,6 +416,27 @@ def test_every_zoo_model_runs_with_torchs_answers(tmp_path, name, state):
 
 
 _BINARY_LAYER_OPS = ("bconv2d", "bdense", "bconv2d_planes", "bdense_planes")
+
+
+@needs_numba
+@pytest.mark.parametrize(
+    "name,fused",
+    [
+        ("birealnet18", ["bconv2d", "add", "pack"]),
+        ("quicknet_small", ["bconv2d", "relu", "scale_shift", "add", "pack"]),
+        ("real_to_binary_net", ["conv2d", "scale_shift", "prelu"]),
+    ],
+)
+def test_residual_blocks_run_as_one_step(tmp_path, name, fused):
+    """With numba a residual block's binary conv, batch norm, activation, shortcut add and the next
+    block's sign packing run as one step (the float sum kept only where the next shortcut reads it)."""
+    kwargs, size = ZOO[name]
+    export(onebit.create_model(name, num_classes=10, **kwargs).eval(), tmp_path / "m.obe", size)
+    rt = load(tmp_path / "m.obe", backend="numba")
+    kinds = [[rt.ops[i]["op"] for i in step] for step in rt.steps]
+    assert fused in kinds
+    assert sum(len(s) for s in rt.steps) == len(rt.ops) and len(rt.steps) < len(rt.ops)
+    assert load(tmp_path / "m.obe", backend="numba", fuse=False).steps == [(i,) for i in range(len(rt.ops))]
 
 
 def _engine_layout(signs, op):

@@ -375,16 +375,23 @@ def test_bit_plane_conv_and_dense_equal_torch(kernels, case):
     assert np.array_equal(got_d, want_d)
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("k,stride,pad", [(1, 1, 0), (2, 2, 0), (3, 2, 1), (3, 1, 1), (2, 3, 1), (3, 3, 0)])
-def test_float_pools_equal_torch(k, stride, pad, ceil_mode):
-    """Max and average pools (one pass per tap) with torch's output sizes and divisors."""
+def test_float_pools_equal_torch(kernels, k, stride, pad, ceil_mode):
+    """Max and average pools with torch's output sizes and divisors; the numba pools give the
+    reference's values exactly (same taps, same order)."""
     x = torch.randn(2, 5, 7, 6, generator=torch.Generator().manual_seed(k + 7 * stride))
     nhwc = x.permute(0, 2, 3, 1).numpy()
     pads = ((pad, pad), (pad, pad))
     want = F.max_pool2d(x, k, stride, pad, ceil_mode=ceil_mode).permute(0, 2, 3, 1).numpy()
-    assert np.array_equal(reference.maxpool2d(nhwc, (k, k), (stride, stride), pads, ceil_mode), want)
+    assert np.array_equal(kernels.maxpool2d(nhwc, (k, k), (stride, stride), pads, ceil_mode), want)
     for count_include_pad in (False, True):
-        avg = F.avg_pool2d(x, k, stride, pad, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
-        got = reference.avgpool2d(nhwc, (k, k), (stride, stride), pads, ceil_mode, count_include_pad, None)
-        np.testing.assert_allclose(got, avg.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-6)
+        for divisor in (None, 5):
+            avg = F.avg_pool2d(
+                x, k, stride, pad, ceil_mode=ceil_mode, count_include_pad=count_include_pad, divisor_override=divisor
+            )
+            args = (nhwc, (k, k), (stride, stride), pads, ceil_mode, count_include_pad, divisor)
+            got = kernels.avgpool2d(*args)
+            np.testing.assert_allclose(got, avg.permute(0, 2, 3, 1).numpy(), rtol=1e-5, atol=1e-6)
+            assert np.array_equal(got, reference.avgpool2d(*args))

@@ -10,7 +10,10 @@ Backends: "numba" (JIT kernels, threads over output rows) or "numpy" (the refere
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -18,6 +21,7 @@ from ..kernels import bits as _bits
 from ..kernels import jit_kernels
 from ..kernels import reference as _np_kernels
 from ..kernels.bits import EngineError, unpack_sign
+from ..kernels.geometry import out_size
 
 __all__ = ["Runtime", "load", "available_backends"]
 
@@ -135,6 +139,43 @@ def _pads(p):
     return tuple(tuple(int(v) for v in pair) for pair in p)
 
 
+# element-wise ops a fused convolution step may take on (see ``Runtime._fused_step``)
+_EPILOGUE_OPS = frozenset({"scale_shift", "relu", "prelu", "add"})
+
+
+@dataclass(frozen=True)
+class _Step:
+    """Ops run as one: ``ops`` in graph order; for a fused convolution ``post`` is its epilogue
+    (``onebit.kernels.jit_float.Epilogue``) and ``residual`` the value its add reads."""
+
+    ops: tuple[int, ...]
+    post: Any = None
+    residual: str | None = None
+
+
+def _conv_output_shape(op: dict, x: np.ndarray, channels: int) -> tuple[int, ...]:
+    """(N, Ho, Wo, O) of conv op ``op`` on NHWC ``x``."""
+    (pt, pb), (pl, pr) = _pads(op["padding"])
+    kh, kw = op["kernel"]
+    ho = out_size(x.shape[1], kh, op["stride"][0], op["dilation"][0], pt, pb)
+    wo = out_size(x.shape[2], kw, op["stride"][1], op["dilation"][1], pl, pr)
+    return (x.shape[0], ho, wo, channels)
+
+
+def _blas_limiter(num_threads: int | None):
+    """A context manager holding BLAS (the float convolutions' matmuls) to ``num_threads`` while
+    the model runs, so ``num_threads`` bounds the whole inference; a no-op without a count (BLAS
+    keeps its own) or without threadpoolctl."""
+    if num_threads is None:
+        return contextlib.nullcontext
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contextlib.nullcontext
+    controller = ThreadpoolController()
+    return lambda: controller.limit(limits=num_threads, user_api="blas")
+
+
 class Runtime:
     """A loaded model: call it on a numpy array. ``ops`` lists the graph (op names and attributes)."""
 
@@ -145,6 +186,7 @@ class Runtime:
         backend: str = "auto",
         num_threads: int | None = None,
         *,
+        fuse: bool = True,
         where: str = "engine graph",
     ):
         if backend not in ("auto", "numba", "numpy"):
@@ -184,31 +226,86 @@ class Runtime:
             for v in op["in"]:
                 self._last_use[v] = i
                 self._uses[v] = self._uses.get(v, 0) + 1
-        self._steps = self._fuse()
+        self._blas_limit = _blas_limiter(num_threads)
+        self._steps = self._plan(fuse)
 
-    def _fuse(self) -> list[tuple[int, ...]]:
-        """Execution steps: op indices run as one. With numba, a float conv2d followed by its only
-        consumer scale_shift (a folded batch norm) and then pack runs as one kernel that writes
-        packed bits (a BNN's first layer), instead of three passes over float arrays."""
+    def _plan(self, fuse: bool) -> list[_Step]:
+        """The execution steps: each op alone, or (``fuse``, numba) a convolution and what
+        ``_fused_step`` joins to it."""
         steps, i = [], 0
         while i < len(self.ops):
-            chain = [i]
-            if self.backend == "numba" and self.ops[i]["op"] == "conv2d":
-                for kind in ("scale_shift", "pack"):
-                    j = chain[-1] + 1
-                    prev = self.ops[chain[-1]]["out"]
-                    if (
-                        j < len(self.ops)
-                        and self.ops[j]["op"] == kind
-                        and self.ops[j]["in"] == [prev]
-                        and self._uses.get(prev) == 1
-                        and prev != self.graph["output"]
-                        and self._per_channel(j, self._arrays[i]["wmat"].shape[1])
-                    ):
-                        chain.append(j)
-            steps.append(tuple(chain))
-            i = chain[-1] + 1
+            step = self._fused_step(i) if fuse else None
+            steps.append(step or _Step((i,)))
+            i = steps[-1].ops[-1] + 1
         return steps
+
+    def _fused_step(self, i: int) -> _Step | None:
+        """The step that starts at op ``i`` when it is a convolution the numba kernels finish with
+        an epilogue (a float conv2d, or a binary conv with float output), else None.
+
+        The element-wise ops right after it join the step while each reads the previous one's
+        value and nobody else does: per-channel scale_shift (a folded batch norm), relu, per-channel
+        prelu, and one add of another value (a residual branch). A pack of the last value joins
+        too. The step then writes the last float value only where something else reads it (the
+        next block's shortcut) and the packed bits, in one pass: no batch-sized float array between
+        a residual block's binary conv and the next block's packed input."""
+        op = self.ops[i]
+        if self.backend != "numba":
+            return None
+        if op["op"] == "conv2d":
+            channels = self._arrays[i]["wmat"].shape[1]
+        elif op["op"] == "bconv2d" and op["mode"] == "float" and op.get("groups", 1) == 1:
+            channels = self._arrays[i]["weight"].shape[0]
+        else:
+            return None
+        chain, residual = [i], None
+        while True:
+            j, prev = chain[-1] + 1, self.ops[chain[-1]]["out"]
+            if j >= len(self.ops) or self._uses.get(prev) != 1 or prev == self.graph["output"]:
+                break
+            nxt = self.ops[j]
+            if prev not in nxt["in"] or nxt["op"] not in _EPILOGUE_OPS:
+                break
+            if nxt["op"] == "add":
+                others = [v for v in nxt["in"] if v != prev]
+                if residual is not None or len(nxt["in"]) != 2 or len(others) != 1:
+                    break
+                residual = others[0]
+            elif nxt["in"] != [prev] or not self._per_channel(j, channels):
+                break
+            chain.append(j)
+        last, pack = self.ops[chain[-1]]["out"], None
+        j = chain[-1] + 1
+        if j < len(self.ops) and self.ops[j]["op"] == "pack" and self.ops[j]["in"] == [last]:
+            if self.ops[j].get("groups", 1) == 1:
+                pack = j
+        store = self._uses.get(last, 0) > (pack is not None) or last == self.graph["output"]
+        ops = tuple(chain) + ((pack,) if pack is not None else ())
+        post = self._k.make_epilogue(self._epilogue_steps(chain), channels, store=store, pack=pack is not None)
+        return _Step(ops, post=post, residual=residual)
+
+    def _epilogue_steps(self, chain: list[int]) -> list[tuple]:
+        """(code, mul, add) of the epilogue after conv ``chain[0]``: its bias, then each op."""
+        k = self._k
+        a0 = self._arrays[chain[0]]
+        steps = [(k.AFFINE, None, a0["bias"])] if self.ops[chain[0]]["op"] == "conv2d" and "bias" in a0 else []
+        for j in chain[1:]:
+            kind, a = self.ops[j]["op"], self._arrays[j]
+            if kind == "scale_shift":
+                steps.append((k.AFFINE, a["mul"], a["add"]))
+            elif kind == "relu":
+                steps.append((k.RELU, None, None))
+            elif kind == "prelu":
+                steps.append((k.PRELU, a["slope"], None))
+            else:  # add
+                steps.append((k.RESIDUAL, None, None))
+        return steps
+
+    @property
+    def steps(self) -> list[tuple[int, ...]]:
+        """The op indices each execution step runs: one op, or a fused convolution with the
+        element-wise ops and the packing after it."""
+        return [s.ops for s in self._steps]
 
     # -- load-time preparation: derived arrays the kernels want -------------------------------
 
@@ -277,25 +374,24 @@ class Runtime:
         if x.ndim == 4:
             x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
         env = {"input": x}
-        steps = [(i,) for i in range(len(self.ops))] if record is not None else self._steps
-        for step in steps:
-            i, op = step[0], self.ops[step[0]]
-            args = [env[v] for v in op["in"]]
-            if record is not None:
-                record.append(args)
-            try:
-                if len(step) == 1:
-                    env[op["out"]] = self._run(i, op, args)
-                else:
-                    env[self.ops[step[-1]]["out"]] = self._run_fused_conv(step, args[0])
-            except EngineError:
-                raise
-            except (KeyError, IndexError, TypeError, ValueError) as e:  # attributes a damaged file lacks
-                raise EngineError(f"op {i} ({op['op']}) cannot run: {_why(e)} (a damaged engine file?)") from None
-            for j in step:
-                for v in self.ops[j]["in"]:
-                    if self._last_use.get(v) == j and v != self.ops[j]["out"]:
-                        env.pop(v, None)
+        steps = [_Step((i,)) for i in range(len(self.ops))] if record is not None else self._steps
+        with self._blas_limit():
+            for step in steps:
+                i, op = step.ops[0], self.ops[step.ops[0]]
+                if record is not None:
+                    record.append([env[v] for v in op["in"]])
+                try:
+                    if step.post is None or not self._run_fused(step, env):
+                        for j in step.ops:
+                            env[self.ops[j]["out"]] = self._run(j, self.ops[j], [env[v] for v in self.ops[j]["in"]])
+                except EngineError:
+                    raise
+                except (KeyError, IndexError, TypeError, ValueError) as e:  # attributes a damaged file lacks
+                    raise EngineError(f"op {i} ({op['op']}) cannot run: {_why(e)} (a damaged engine file?)") from None
+                for j in step.ops:
+                    for v in self.ops[j]["in"]:
+                        if self._last_use.get(v) == j and v != self.ops[j]["out"]:
+                            env.pop(v, None)
         y = env[self.graph["output"]]
         if y.ndim == 4:
             y = y.transpose(0, 3, 1, 2)
@@ -305,26 +401,31 @@ class Runtime:
         """Whether op j's arrays (a scale_shift's mul/add) are one value per output channel."""
         return all(a.size == channels for k, a in self._arrays[j].items() if k in ("mul", "add"))
 
-    def _run_fused_conv(self, step, x):
-        """conv2d [+ scale_shift] [+ pack] in one numba kernel (see ``_fuse``)."""
-        op, a = self.ops[step[0]], self._arrays[step[0]]
-        kinds = [self.ops[j]["op"] for j in step]
-        ss = self._arrays[step[kinds.index("scale_shift")]] if "scale_shift" in kinds else {}
-        mul, add = (ss["mul"].reshape(-1), ss["add"].reshape(-1)) if ss else (None, None)
-        return self._k.conv2d(
-            x,
-            a["wmat"],
-            a.get("bias"),
-            tuple(op["kernel"]),
-            tuple(op["stride"]),
-            tuple(op["dilation"]),
-            _pads(op["padding"]),
-            op["pad_value"],
-            mul,
-            add,
-            pack="pack" in kinds,
-            groups=op.get("groups", 1),
-        )
+    def _run_fused(self, step: _Step, env: dict) -> bool:
+        """Run a fused step (see ``_fused_step``) into ``env``; False, having done nothing, when its
+        residual does not have the convolution's output shape (the ops then run one by one)."""
+        i = step.ops[0]
+        op, a, x = self.ops[i], self._arrays[i], env[self.ops[i]["in"][0]]
+        post = step.post
+        if step.residual is not None:
+            res = env[step.residual]
+            if res.shape != _conv_output_shape(op, x, post.mul.shape[1]) or res.dtype != np.float32:
+                return False
+            post = post._replace(residual=np.ascontiguousarray(res))
+        geometry = (tuple(op["stride"]), tuple(op["dilation"]), _pads(op["padding"]), op["pad_value"])
+        if op["op"] == "conv2d":
+            f, b = self._k.conv2d(x, a["wmat"], None, tuple(op["kernel"]), *geometry, op.get("groups", 1), post)
+        else:  # a binary conv with float output
+            f, b = self._k.bconv2d(
+                x, a["weight"], op["in_channels"], *geometry, "float", a["mul"], a["add"],
+                wpc=a["wpc"], wt=a["wt"], post=post,
+            )  # fmt: skip
+        float_op = step.ops[-2] if post.pack else step.ops[-1]  # the last op before the pack
+        if post.store:
+            env[self.ops[float_op]["out"]] = f
+        if post.pack:
+            env[self.ops[step.ops[-1]]["out"]] = b
+        return True
 
     def _run(self, i, op, args):
         kind = op["op"]
@@ -373,15 +474,15 @@ class Runtime:
         x = args[0] if args else None
         if kind == "conv2d":
             geometry = (tuple(op["kernel"]), tuple(op["stride"]), tuple(op["dilation"]), _pads(op["padding"]))
-            return _np_kernels.conv2d(x, a["wmat"], a.get("bias"), *geometry, op["pad_value"], op.get("groups", 1))
+            kernels = self._k if self.backend == "numba" else _np_kernels
+            return kernels.conv2d(x, a["wmat"], a.get("bias"), *geometry, op["pad_value"], op.get("groups", 1))
         if kind == "dense":
             return _np_kernels.dense(x, a["wmat"], a.get("bias"))
+        pools = self._k if self.backend == "numba" else _np_kernels
         if kind == "maxpool2d":
-            return _np_kernels.maxpool2d(
-                x, tuple(op["kernel"]), tuple(op["stride"]), _pads(op["padding"]), op["ceil_mode"]
-            )
+            return pools.maxpool2d(x, tuple(op["kernel"]), tuple(op["stride"]), _pads(op["padding"]), op["ceil_mode"])
         if kind == "avgpool2d":
-            return _np_kernels.avgpool2d(
+            return pools.avgpool2d(
                 x,
                 tuple(op["kernel"]),
                 tuple(op["stride"]),
@@ -414,15 +515,20 @@ class Runtime:
         return "\n".join(lines)
 
 
-def load(path: str | os.PathLike, backend: str = "auto", num_threads: int | None = None) -> Runtime:
+def load(
+    path: str | os.PathLike, backend: str = "auto", num_threads: int | None = None, *, fuse: bool = True
+) -> Runtime:
     """Load an exported file (``onebit.engine.export``) as a runtime model; needs numpy only.
 
     backend: "auto" (numba when installed, else numpy), "numba" or "numpy".
-    num_threads: numba threads (default: numba's, i.e. the core count or NUMBA_NUM_THREADS).
+    num_threads: numba threads (default: numba's, i.e. the core count or NUMBA_NUM_THREADS), and
+    the BLAS threads of the float convolutions while the model runs (with threadpoolctl).
+    fuse: with numba, run each convolution together with the element-wise ops and the sign
+    packing after it (same values as op by op, fewer passes); False runs op by op.
     """
     if not os.path.exists(path):
         raise EngineError(f"no engine file at {path!s}")
     if os.path.isdir(path):
         raise EngineError(f"{path!s} is a folder, not an engine file")
     graph, arrays = _bits.read(path)
-    return Runtime(graph, arrays, backend=backend, num_threads=num_threads, where=str(path))
+    return Runtime(graph, arrays, backend=backend, num_threads=num_threads, fuse=fuse, where=str(path))

@@ -6,6 +6,9 @@ reduction loops. Each kernel computes the same integers as ``onebit.kernels.refe
 they are equal) and fuses the output transform: float ``d * mul + add`` or threshold bits packed on
 the fly, so a binary layer writes packed bits directly.
 
+The float kernels around them (convolutions, pools, the fused epilogue) live in
+``onebit.kernels.jit_float`` and are re-exported here, so ``jit_kernels()`` is the one entry.
+
 Importing this module raises ImportError when numba is missing; the runtime then uses numpy.
 """
 
@@ -18,8 +21,44 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .bits import popcount as _popcount_np
-from .geometry import out_size
-from .reference import _finish, _group_slices, conv_hw
+from .jit_float import (
+    AFFINE,
+    PRELU,
+    RELU,
+    RESIDUAL,
+    Epilogue,
+    avgpool2d,
+    conv2d,
+    epilogue,
+    make_epilogue,
+    maxpool2d,
+    outputs,
+    results,
+)
+from .reference import _finish, _group_slices, _pool_windows, conv_hw
+
+__all__ = [
+    "AFFINE",
+    "PRELU",
+    "RELU",
+    "RESIDUAL",
+    "Epilogue",
+    "avgpool2d",
+    "bconv2d",
+    "bconv2d_planes",
+    "bdense",
+    "bdense_planes",
+    "bit_thresholds",
+    "conv2d",
+    "kernel_matrix",
+    "make_epilogue",
+    "maxpool2d",
+    "maxpool2d_bits",
+    "pack_sign_count",
+    "popcount",
+    "sign_and_mask",
+    "unpack_sign_into",
+]
 
 
 @intrinsic
@@ -97,13 +136,27 @@ def _to_dots(acc, n_out, n_oob, oob, wpc_t, c_in, taps, pad_one):
             acc[o] = k_full - 2 * acc[o]
 
 
-@njit(parallel=True, cache=True, fastmath=True)
-def _bconv2d(
-    x, wt, wpc_t, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, mode, mul, add, t2, flip, out_f, out_b
-):
+@njit(cache=True, inline="always")
+def _finish_pixel(acc, y, n_out, mode_args, post, n, oh, ow, out_f, out_b):
+    """Output pixel (n, oh, ow) of a binary conv from its dots: mode 0 ``d * mul + add`` then the
+    epilogue ``post`` (``jit_float.epilogue``: float store and/or sign bits), mode 1 threshold bits."""
+    mode, mul, add, t2, flip = mode_args
+    if mode == 0:
+        codes, p_mul, p_add, res, store, pack = post
+        for o in range(n_out):
+            y[o] = np.float32(np.int32(acc[o])) * mul[o] + add[o]
+        epilogue(y, n_out, codes, p_mul, p_add, res, n, oh, ow, store, out_f, pack, out_b)
+    else:
+        _emit(acc, n_out, 1, mul, add, t2, flip, y, out_b[n, oh, ow])
+
+
+@njit(parallel=True, cache=True)
+def _bconv2d(x, wt, wpc_t, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one, mode_args, post, out_f, out_b):
     """Threads over output rows; two output pixels at a time share each kernel word loaded, and
     the innermost loop runs over output channels (``wt`` is (kh*kw*words, O)), so it vectorizes
-    without horizontal sums."""
+    without horizontal sums. ``mode_args``: (mode, mul, add, t2, flip); ``post``: the epilogue's
+    (codes, mul, add, residual, store, pack). No fast-math: the integer loops vectorize without
+    it, and the epilogue keeps numpy's rounding."""
     n_img = x.shape[0]
     kwords, n_out = wt.shape
     taps = kh * kw
@@ -112,9 +165,10 @@ def _bconv2d(
         oh = row % ho
         patch0 = np.empty(kwords, dtype=np.uint64)
         patch1 = np.empty(kwords, dtype=np.uint64)
-        n_acc = t2.shape[0] if mode == 1 else n_out  # whole output words for bits
+        n_acc = mode_args[3].shape[0] if mode_args[0] == 1 else n_out  # whole output words for bits
         acc0 = np.zeros(n_acc, dtype=np.int64)
         acc1 = np.zeros(n_acc, dtype=np.int64)
+        y = np.zeros((n_out + 63) // 64 * 64, dtype=np.float32)
         oob0 = np.zeros(taps, dtype=np.bool_)
         oob1 = np.zeros(taps, dtype=np.bool_)
         for ow0 in range(0, wo, 2):
@@ -132,10 +186,10 @@ def _bconv2d(
                     acc0[o] += popcount(p0 ^ wv)
                     acc1[o] += popcount(p1 ^ wv)
             _to_dots(acc0, n_out, n0, oob0, wpc_t, c_in, taps, pad_one)
-            _emit(acc0, n_out, mode, mul, add, t2, flip, out_f[n, oh, ow0], out_b[n, oh, ow0])
+            _finish_pixel(acc0, y, n_out, mode_args, post, n, oh, ow0, out_f, out_b)
             if ow1 != ow0:
                 _to_dots(acc1, n_out, n1, oob1, wpc_t, c_in, taps, pad_one)
-                _emit(acc1, n_out, mode, mul, add, t2, flip, out_f[n, oh, ow1], out_b[n, oh, ow1])
+                _finish_pixel(acc1, y, n_out, mode_args, post, n, oh, ow1, out_f, out_b)
 
 
 @njit(parallel=True, cache=True, fastmath=True)
@@ -177,127 +231,6 @@ def _maxpool_bits(x, kh, kw, sh, sw, pt, pl, ho, wo, and_mask, out):
                         b |= v
                 m = and_mask[q]
                 out[n, oh, ow, q] = (a & m) | (b & ~m)
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _fconv_emit(acc, n_out, affine, mul, add, pack, out_f, out_b, n, oh, ow):
-    """Output pixel (n, oh, ow) of ``_fconv2d``: ``* mul + add`` and float store, or sign bits
-    packed (only the array written is indexed: the other is a 1-element placeholder)."""
-    if affine:
-        for o in range(n_out):
-            acc[o] = acc[o] * mul[o] + add[o]
-    if pack:
-        for o in range(n_out, acc.shape[0]):
-            acc[o] = 0.0
-        for q in range(out_b.shape[3]):
-            word = np.uint64(0)
-            for b in range(64):
-                word |= np.uint64(acc[q * 64 + b] < 0) << np.uint64(b)
-            out_b[n, oh, ow, q] = word
-    else:
-        for o in range(n_out):
-            out_f[n, oh, ow, o] = acc[o]
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _fconv_pair(x, wmat, n, oh, ow0, ow1, kh, kw, sh, sw, dh, dw, pt, pl, pad_value, acc0, acc1):
-    """Dots of two output pixels of an ungrouped conv: each kernel row loaded once for both, the
-    innermost loop over output channels (LLVM vectorizes it)."""
-    h, wid, c = x.shape[1], x.shape[2], x.shape[3]
-    for i in range(kh):
-        ih = oh * sh - pt + i * dh
-        row_in = ih >= 0 and ih < h
-        for j in range(kw):
-            iw0 = ow0 * sw - pl + j * dw
-            iw1 = ow1 * sw - pl + j * dw
-            in0 = row_in and iw0 >= 0 and iw0 < wid
-            in1 = row_in and iw1 >= 0 and iw1 < wid
-            base = (i * kw + j) * c
-            for ch in range(c):
-                v0 = x[n, ih, iw0, ch] if in0 else pad_value
-                v1 = x[n, ih, iw1, ch] if in1 else pad_value
-                wrow = wmat[base + ch]
-                for o in range(wmat.shape[1]):
-                    wv = wrow[o]
-                    acc0[o] += v0 * wv
-                    acc1[o] += v1 * wv
-
-
-@njit(cache=True, fastmath=True, inline="always")
-def _fconv_grouped(x, wmat, groups, n, oh, ow, kh, kw, sh, sw, dh, dw, pt, pl, pad_value, acc):
-    """Dots of one output pixel of a grouped conv: group g reads channels [g C/G, (g+1) C/G) and
-    writes outputs [g O/G, (g+1) O/G) (depthwise: C/G = 1)."""
-    h, wid = x.shape[1], x.shape[2]
-    cg = x.shape[3] // groups
-    og = wmat.shape[1] // groups
-    for i in range(kh):
-        ih = oh * sh - pt + i * dh
-        for j in range(kw):
-            iw = ow * sw - pl + j * dw
-            inside = ih >= 0 and ih < h and iw >= 0 and iw < wid
-            base = (i * kw + j) * cg
-            for g in range(groups):
-                for ch in range(cg):
-                    v = x[n, ih, iw, g * cg + ch] if inside else pad_value
-                    wrow = wmat[base + ch]
-                    for o in range(g * og, (g + 1) * og):
-                        acc[o] += v * wrow[o]
-
-
-@njit(parallel=True, cache=True, fastmath=True)
-def _fconv2d(
-    x, wmat, bias, groups, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, affine, mul, add, pack, out_f, out_b
-):
-    """Float conv on NHWC ``x`` with ``wmat`` (kh*kw*C/groups, O), threads over output rows, then
-    the optional per-channel ``y * mul + add`` (a folded batch norm) and, with ``pack``, sign bits
-    packed straight into ``out_b`` (bit = 1 iff y < 0), so the first layer of a BNN makes its
-    packed output in one pass instead of three float arrays."""
-    n_out = wmat.shape[1]
-    words = out_b.shape[3]
-    for row in prange(x.shape[0] * ho):
-        n = row // ho
-        oh = row % ho
-        acc0 = np.empty(words * 64 if pack else n_out, dtype=np.float32)
-        acc1 = np.empty(words * 64 if pack else n_out, dtype=np.float32)
-        step = 2 if groups == 1 else 1
-        for ow0 in range(0, wo, step):
-            ow1 = min(ow0 + 1, wo - 1)
-            for o in range(n_out):
-                acc0[o] = bias[o]
-                acc1[o] = bias[o]
-            if groups == 1:
-                _fconv_pair(x, wmat, n, oh, ow0, ow1, kh, kw, sh, sw, dh, dw, pt, pl, pad_value, acc0, acc1)
-            else:
-                _fconv_grouped(x, wmat, groups, n, oh, ow0, kh, kw, sh, sw, dh, dw, pt, pl, pad_value, acc0)
-            _fconv_emit(acc0, n_out, affine, mul, add, pack, out_f, out_b, n, oh, ow0)
-            if step == 2 and ow1 != ow0:
-                _fconv_emit(acc1, n_out, affine, mul, add, pack, out_f, out_b, n, oh, ow1)
-
-
-def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, mul=None, add=None, pack=False, groups=1):
-    """``reference.conv2d`` in threads, fused with an optional ``* mul + add`` and sign packing
-    (``pack=True`` returns packed uint64 words like ``bits.pack_sign`` of the float result)."""
-    n, h, wid, c = x.shape
-    kh, kw = kernel
-    (pt, pb), (pl, pr) = pads
-    ho = out_size(h, kh, stride[0], dilation[0], pt, pb)
-    wo = out_size(wid, kw, stride[1], dilation[1], pl, pr)
-    o = wmat.shape[1]
-    bias = np.zeros(o, np.float32) if bias is None else np.asarray(bias, np.float32)
-    affine = mul is not None
-    mul = _DUMMY_F if mul is None else np.asarray(mul, np.float32)
-    add = _DUMMY_F if add is None else np.asarray(add, np.float32)
-    if pack:
-        out_f = np.empty((1, 1, 1, 1), np.float32)
-        out_b = np.empty((n, ho, wo, (o + 63) // 64), np.uint64)
-    else:
-        out_f = np.empty((n, ho, wo, o), np.float32)
-        out_b = np.empty((1, 1, 1, 1), np.uint64)
-    geometry = (kh, kw, stride[0], stride[1], dilation[0], dilation[1], pt, pl, ho, wo)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    wmat = np.ascontiguousarray(wmat, np.float32)
-    _fconv2d(x, wmat, bias, groups, *geometry, np.float32(pad_value), affine, mul, add, pack, out_f, out_b)
-    return out_b if pack else out_f
 
 
 _DUMMY_F = np.zeros((1,), np.float32)
@@ -349,10 +282,14 @@ def bconv2d(
     wpc=None,
     wt=None,
     groups=1,
+    post: Epilogue | None = None,
 ):
     """Same contract as ``reference.bconv2d``; ``wpc`` (O, kh*kw) kernel bits per tap and
     ``wt`` = ``kernel_matrix(w)`` (both computed here when not given). Grouped convolutions run
-    group by group (float dots, exact below 2^24) and finish in numpy."""
+    group by group (float dots, exact below 2^24) and finish in numpy.
+
+    ``post`` (float mode, ungrouped): the ``Epilogue`` run on each output pixel after ``d * mul +
+    add``; the result is then ``(float or None, bits or None)`` as ``post`` stores and packs."""
     if groups > 1:
         parts = []
         for xs, ws in _group_slices(x.shape[-1], w.shape[0], groups):
@@ -364,13 +301,18 @@ def bconv2d(
         wpc = _popcount_np(w).sum(axis=-1).reshape(w.shape[0], -1)
     if wt is None:
         wt = kernel_matrix(w)
-    geometry, (m, mul, add, t2, flip), (out_f, out_b) = _conv_setup(
-        x, w, stride, dilation, pads, mode, mul, add, sgn, thr
-    )
+    o, kh, kw, _ = w.shape
+    ho, wo = conv_hw(x, w, stride, dilation, pads)
+    geometry = (kh, kw, stride[0], stride[1], dilation[0], dilation[1], pads[0][0], pads[1][0], ho, wo)
+    m, mul, add, t2, flip = _mode_args(mode, mul, add, sgn, thr)
+    e = post if post is not None else make_epilogue([], o)
+    out_f, out_b = outputs((x.shape[0], ho, wo), o, e) if m == 0 else _outputs(1, (x.shape[0], ho, wo), o)
     wpc_t = np.ascontiguousarray(np.asarray(wpc, np.int64).T)
     x = np.ascontiguousarray(x)
-    _bconv2d(x, wt, wpc_t, c_in, *geometry, pad_value != 0, m, mul, add, t2, flip, out_f, out_b)
-    return out_f if m == 0 else out_b
+    _bconv2d(x, wt, wpc_t, c_in, *geometry, pad_value != 0, (m, mul, add, t2, flip), tuple(e), out_f, out_b)
+    if m == 1:
+        return out_b
+    return out_f if post is None else results(out_f, out_b, e)
 
 
 def _conv_setup(x, w, stride, dilation, pads, mode, mul, add, sgn, thr):
@@ -456,9 +398,8 @@ def bdense(x, w, k, mode, mul=None, add=None, sgn=None, thr=None):
 def maxpool2d_bits(x, kernel, stride, pads, ceil_mode, and_mask):
     """Same contract as ``kernels_numpy.maxpool2d_bits``."""
     n, h, wid, words = x.shape
-    (pt, pb), (pl, pr) = pads
-    ho = out_size(h, kernel[0], stride[0], 1, pt, pb, ceil_mode)
-    wo = out_size(wid, kernel[1], stride[1], 1, pl, pr, ceil_mode)
+    (pt, _), (pl, _) = pads
+    ho, wo = _pool_windows(h, wid, kernel, stride, pads, ceil_mode)
     out = np.empty((n, ho, wo, words), np.uint64)
     _maxpool_bits(np.ascontiguousarray(x), kernel[0], kernel[1], stride[0], stride[1], pt, pl, ho, wo, and_mask, out)
     return out

@@ -250,13 +250,23 @@ def _pool_divisor(size, k, s, before, after, n_out, count_include_pad):
 def avgpool2d(x, kernel, stride, pads, ceil_mode, count_include_pad, divisor_override):
     """Float average pool with torch's divisor rule (padding counts when count_include_pad)."""
     n, h, w, c = x.shape
-    (pt, pb), (pl, pr) = pads
     ho, wo = _pool_windows(h, w, kernel, stride, pads, ceil_mode)
     out = np.zeros((n, ho, wo, c), np.float32)
     for view in _tap_views(x.astype(np.float32, copy=False), kernel, stride, pads, ho, wo, 0.0):
         out += view
+    return (
+        out
+        / avgpool_divisors((h, w), (ho, wo), kernel, stride, pads, count_include_pad, divisor_override)[
+            None, :, :, None
+        ]
+    )
+
+
+def avgpool_divisors(size, out_hw, kernel, stride, pads, count_include_pad, divisor_override) -> np.ndarray:
+    """(ho, wo) float32: what torch's average pool divides each window's sum by."""
     if divisor_override:
-        return out / np.float32(divisor_override)
-    dh = _pool_divisor(h, kernel[0], stride[0], pt, pb, ho, count_include_pad)
-    dw = _pool_divisor(w, kernel[1], stride[1], pl, pr, wo, count_include_pad)
-    return out / (dh[:, None] * dw[None, :]).astype(np.float32)[None, :, :, None]
+        return np.full(out_hw, divisor_override, np.float32)
+    (pt, pb), (pl, pr) = pads
+    dh = _pool_divisor(size[0], kernel[0], stride[0], pt, pb, out_hw[0], count_include_pad)
+    dw = _pool_divisor(size[1], kernel[1], stride[1], pl, pr, out_hw[1], count_include_pad)
+    return (dh[:, None] * dw[None, :]).astype(np.float32)
