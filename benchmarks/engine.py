@@ -11,7 +11,8 @@ NUMBA_NUM_THREADS, ``torch.set_num_threads``, OMP/OpenBLAS threads), engine and 
 alternating ``--rounds`` times; each reports the median wall and CPU time of ``--repeats`` calls
 after two warm-up calls, and the table shows the medians over rounds. Both load the same weights
 (random, random batch-norm statistics). CPU time is the figure to trust on a shared machine: with
-one thread it is the time the inference held a core.
+one thread it is the time the inference held a core. The last column compares the two sides'
+outputs on the same input (argmax and largest difference).
 
 Each figure is the median of ``--repeats`` runs; the engine and torch calls alternate inside every
 repetition, so both see the same machine load. Per layer, the engine op (XOR/popcount dots, batch
@@ -159,13 +160,15 @@ def _child(side, model_name, folder, batch, threads, repeats):
         model.eval()
         xt = torch.from_numpy(x)
         call = lambda: _no_grad(model, xt)  # noqa: E731
-    call(), call()
+    out = call()
+    call()
     wall, cpu = [], []
     for _ in range(repeats):
         t, c = time.perf_counter(), time.process_time()
         call()
         wall.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
+    np.save(os.path.join(folder, f"out_{side}_{batch}.npy"), np.asarray(out))
     print(f"{statistics.median(wall) * 1e3:.3f} {statistics.median(cpu) * 1e3:.3f}")
 
 
@@ -180,7 +183,8 @@ def _run_child(side, model_name, folder, batch, threads, repeats):
 
 
 def end_to_end(models, batches, threads, repeats, rounds):
-    """Rows (model, batch, engine wall, torch wall, engine cpu, torch cpu) in ms, medians over rounds."""
+    """Rows (model, batch, engine wall, torch wall, engine cpu, torch cpu in ms, medians over rounds;
+    agreement of the two sides' outputs)."""
     rows = []
     for name in models:
         torch.manual_seed(0)
@@ -197,8 +201,17 @@ def end_to_end(models, batches, threads, repeats, rounds):
                     for side in runs:
                         runs[side].append(_run_child(side, name, folder, batch, threads, repeats))
                 med = {side: [statistics.median(r[i] for r in v) for i in (0, 1)] for side, v in runs.items()}
-                rows.append((name, batch, med["engine"][0], med["torch"][0], med["engine"][1], med["torch"][1]))
+                agree = _agreement(*(np.load(os.path.join(folder, f"out_{s}_{batch}.npy")) for s in runs))
+                rows.append((name, batch, med["engine"][0], med["torch"][0], med["engine"][1], med["torch"][1], agree))
     return rows
+
+
+def _agreement(engine_out, torch_out):
+    """'same argmax on k/n, max |diff| / max |logit|': how the timed engine's outputs compare with
+    torch's on the same input."""
+    same = int((engine_out.argmax(1) == torch_out.argmax(1)).sum())
+    rel = float(np.abs(engine_out - torch_out).max() / max(np.abs(torch_out).max(), 1e-30))
+    return f"{same}/{len(torch_out)}, {rel:.1e}"
 
 
 def _cpu_line():
@@ -225,11 +238,12 @@ def _print_end_to_end(rows, threads, repeats, rounds):
         f"{os.getloadavg()[0]:.1f}"
     )
     print(
-        "| model | batch | engine ms (CPU) | torch ms (CPU) | speed-up (CPU) | engine ms (wall) | torch ms (wall) | speed-up (wall) |"
+        "| model | batch | engine ms (CPU) | torch ms (CPU) | speed-up (CPU) | engine ms (wall) | torch ms (wall) "
+        "| speed-up (wall) | same argmax, max diff / max logit |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, b, ew, tw, ec, tc in rows:
-        print(f"| {name} | {b} | {ec:.2f} | {tc:.2f} | {tc / ec:.1f} | {ew:.2f} | {tw:.2f} | {tw / ew:.1f} |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, b, ew, tw, ec, tc, agree in rows:
+        print(f"| {name} | {b} | {ec:.2f} | {tc:.2f} | {tc / ec:.1f} | {ew:.2f} | {tw:.2f} | {tw / ew:.1f} | {agree} |")
 
 
 def main(argv=None):
