@@ -149,15 +149,18 @@ def _im2col(x, start, stop, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_value, c
 
 @njit(parallel=True, cache=True)
 def _finish_rows(y, start, stop, ho, wo, codes, p_mul, p_add, res, store, out_f, pack, out_b):
-    """The epilogue over rows [start, stop) of the output pixels, whose values are ``y[:stop-start]``."""
+    """The epilogue over rows [start, stop) of the output pixels, whose values are ``y[:stop-start]``;
+    threads over blocks of 64 rows, each with one scratch vector."""
     n_out = y.shape[1]
     size = (n_out + 63) // 64 * 64 if pack else n_out
-    for r in prange(stop - start):
-        p = start + r
+    for blk in prange((stop - start + 63) // 64):
         v = np.zeros(size, np.float32)
-        for o in range(n_out):
-            v[o] = y[r, o]
-        epilogue(v, n_out, codes, p_mul, p_add, res, p // (ho * wo), (p // wo) % ho, p % wo, store, out_f, pack, out_b)
+        for r in range(blk * 64, min(stop - start, blk * 64 + 64)):
+            p = start + r
+            for o in range(n_out):
+                v[o] = y[r, o]
+            n, oh, ow = p // (ho * wo), (p // wo) % ho, p % wo
+            epilogue(v, n_out, codes, p_mul, p_add, res, n, oh, ow, store, out_f, pack, out_b)
 
 
 @njit(parallel=True, cache=True)
