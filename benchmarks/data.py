@@ -4,10 +4,12 @@ Writes ``--images`` (2,000) natural-looking JPEGs (smooth colour fields with tex
 about 500x375, quality 90) in 10 classes, then measures training batches (random-resized crop +
 flip to 224, ImageNet normalisation) through ``onebit.data.Loader`` with 0, 1, 2, ... worker
 processes, JPEG draft mode on and off: images/s over one epoch after a warm-up epoch (workers
-started), median of ``--repeats``, and the ratio to the single-process rate measured in the same
-run. Then decoding alone, file by file, with each decoder that imports: Pillow (full size and in
-draft mode), simplejpeg and PyTurboJPEG (full size and their DCT scaling), so the choice of
-decoder rests on a measurement. Prints the CPU model, its flags and the load.
+started), median of ``--repeats`` epochs interleaved over the worker counts, the ratio to the
+first count's rate (0 workers by default) measured in the same run, and the CPU time per image
+of the training process and its workers together (steadier than images/s on a loaded machine).
+Then decoding alone, file by file, with each decoder that imports: Pillow (full size and in draft
+mode), simplejpeg and PyTurboJPEG (full size and their DCT scaling), so the choice of decoder
+rests on a measurement. Prints the CPU model, its flags and the load.
 
     python benchmarks/data.py [--images 2000] [--workers 0 1 2] [--batch 64] [--repeats 3]
 """
@@ -56,18 +58,39 @@ def write_folder(root: Path, images: int, classes: int = 10, seed: int = 0) -> P
     return root
 
 
-def loader_rate(train, workers: int, batch: int, repeats: int) -> float:
-    """Median images/s of one training epoch through the loader (after a warm-up epoch)."""
-    loader = Loader(train, batch, train=True, seed=0, num_workers=workers)
-    rates = []
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its live child processes (the loader's
+    workers), from /proc; this process's own where /proc is missing."""
+    total = time.process_time()
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = Path(f"/proc/{os.getpid()}/task")
+        children = {c for t in tasks.iterdir() for c in (t / "children").read_text().split()}
+        for pid in children:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    except (OSError, ValueError):
+        pass
+    return total
+
+
+def loader_rates(train, workers: list[int], batch: int, repeats: int) -> dict[int, tuple[float, float]]:
+    """{workers: (median images/s, median CPU ms per image)} of training epochs through the loader:
+    one loader per worker count, a warm-up epoch each (workers started), then ``repeats`` rounds
+    of one epoch per loader in turn, so a change of load hits every count alike."""
+    loaders = {w: Loader(train, batch, train=True, seed=0, num_workers=w) for w in workers}
+    rates, cpu = {w: [] for w in workers}, {w: [] for w in workers}
     for epoch in range(repeats + 1):
-        loader.set_epoch(epoch)
-        start = time.perf_counter()
-        n = sum(len(y) for _, y in loader)
-        if epoch:
-            rates.append(n / (time.perf_counter() - start))
-    loader.close()
-    return statistics.median(rates)
+        for w, loader in loaders.items():
+            loader.set_epoch(epoch)
+            start, start_cpu = time.perf_counter(), cpu_seconds()
+            n = sum(len(y) for _, y in loader)
+            if epoch:
+                rates[w].append(n / (time.perf_counter() - start))
+                cpu[w].append(1000 * (cpu_seconds() - start_cpu) / n)
+    for loader in loaders.values():
+        loader.close()
+    return {w: (statistics.median(rates[w]), statistics.median(cpu[w])) for w in workers}
 
 
 def decoders(size: int = 224):
@@ -153,15 +176,15 @@ def main() -> None:
             write_folder(root, args.images)
             print(f"wrote {args.images} JPEGs in {time.perf_counter() - start:.0f} s")
         print(machine())
-        print(f"loader: batch {args.batch}, 224 px training crops, images/s (median of {args.repeats} epochs)")
-        print(f"{'workers':>7s} {'draft':>6s} {'images/s':>9s} {'x 0 workers':>12s}")
+        print(f"loader: batch {args.batch}, 224 px training crops, median of {args.repeats} interleaved epochs")
+        print(f"{'workers':>7s} {'draft':>6s} {'images/s':>9s} {'x 0 workers':>12s} {'CPU ms/image':>13s}")
         for draft in (True, False):
             train, _ = load_imagefolder(root, 224, draft=draft)
-            base = None
-            for workers in args.workers:
-                rate = loader_rate(train, workers, args.batch, args.repeats)
-                base = base or rate
-                print(f"{workers:7d} {'on' if draft else 'off':>6s} {rate:9.1f} {rate / base:12.2f}")
+            found = loader_rates(train, args.workers, args.batch, args.repeats)
+            base = found[args.workers[0]][0]
+            for workers, (rate, cpu) in found.items():
+                line = f"{workers:7d} {'on' if draft else 'off':>6s} {rate:9.1f} {rate / base:12.2f} {cpu:13.2f}"
+                print(line, flush=True)
         paths = train.paths[:200]
         print(f"decoding alone, {len(paths)} files, one process, images/s:")
         for name, rate in decode_rates(paths, args.repeats).items():

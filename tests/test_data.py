@@ -9,6 +9,8 @@ import struct
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onebit.data import (
     DataError,
@@ -352,6 +354,69 @@ def test_workers_give_the_same_batches_bit_for_bit_and_resume_mid_epoch(tmp_path
         loader.close()
 
 
+def _float_batch_as_before(dataset, indices, generator):
+    """The reference: a training batch as image folders built it when workers sent float batches
+    (decode, crop, resize, copy, flip, stack, then ``(x.float() - mean) / std``), step by step."""
+    from PIL import Image
+
+    from onebit.data.decode import _draft, random_resized_box
+
+    size, images = dataset.image_size, []
+    for i in indices.tolist():
+        with Image.open(dataset.paths[i]) as img:
+            box = random_resized_box(*img.size, generator)
+            if img.format == "JPEG":
+                box = _draft(img, box, size)
+            img = img.convert("RGB").resize((size, size), Image.BICUBIC, box=box)
+            x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        if torch.rand((), generator=generator) < 0.5:
+            x = x.flip(-1)
+        images.append(x)
+    return (torch.stack(images).float() - dataset.mean) / dataset.std
+
+
+@pytest.mark.parametrize("workers, device", [(0, None), (2, None), (0, "cpu")])
+def test_image_folder_batches_are_the_float_batches_of_before(tmp_path, workers, device):
+    """Workers send uint8 images and the training process normalises them: every batch holds
+    exactly the floats the float-sending pipeline gave (JPEGs in draft mode, PNGs, a grey JPEG)."""
+    from PIL import Image
+
+    write_imagefolder(tmp_path, per_class=6, size=(200, 150))
+    grey = np.random.default_rng(1).integers(0, 256, (150, 200), dtype=np.uint8)
+    Image.fromarray(grey, mode="L").save(tmp_path / "train" / "cat" / "grey.jpg")
+    train, _ = load_imagefolder(tmp_path, image_size=24)
+    loader = Loader(train, 4, train=True, seed=7, num_workers=workers, device=device)
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        for b, (x, _) in enumerate(loader):
+            plan = loader._plan
+            want = _float_batch_as_before(train, plan.chunk(epoch, b), plan.generator(epoch, b))
+            assert x.dtype == torch.float32 and torch.equal(x, want)
+    loader.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 5), st.integers(1, 9), st.integers(0, 2**32 - 1))
+def test_normalise_is_the_float_arithmetic_of_before(n, side, seed):
+    """``normalise`` (in place after one conversion) equals ``(x.float() - mean) / std`` exactly."""
+    from onebit.data import ImageFolderDataset
+
+    dataset = ImageFolderDataset([], [], [], image_size=side)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g)
+    y = dataset.normalise(x)
+    assert torch.equal(y, (x.float() - dataset.mean) / dataset.std) and x.dtype == torch.uint8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU normalisation not compared")
+def test_normalising_on_cuda_gives_the_cpu_floats():
+    from onebit.data import ImageFolderDataset
+
+    dataset = ImageFolderDataset([], [], [], image_size=32)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(dataset.normalise(x.cuda()).cpu(), dataset.normalise(x))
+
+
 @pytest.mark.parametrize(
     "size, image_size, side, small, why",
     [
@@ -401,9 +466,9 @@ def test_draft_decoding_keeps_the_picture(tmp_path, draft):
     with Image.open(tmp_path / "big.jpg") as img:
         img.draft("RGB", (100, 75))
         assert img.size == (100, 75)  # the file decodes at 1/8 scale when asked
-    x = decode_crop(tmp_path / "big.jpg", 64, centre_box, draft=draft).float()
-    full = decode_crop(tmp_path / "big.jpg", 64, centre_box, draft=False).float()
-    assert x.shape == (3, 64, 64) and (x - full).abs().mean() < 4
+    x = decode_crop(tmp_path / "big.jpg", 64, centre_box, draft=draft).astype(np.float32)
+    full = decode_crop(tmp_path / "big.jpg", 64, centre_box, draft=False).astype(np.float32)
+    assert x.shape == (64, 64, 3) and np.abs(x - full).mean() < 4
 
 
 def test_an_image_folder_run_resumed_mid_epoch_with_workers_equals_one_without(tmp_path):

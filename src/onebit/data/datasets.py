@@ -152,42 +152,37 @@ class ImageFolderDataset(Dataset):
     def shape(self) -> tuple[int, int, int]:
         return (3, self.image_size, self.image_size)
 
-    def _decode(self, i: int, train: bool, generator) -> torch.Tensor:
-        """uint8 (3, S, S) of example ``i``, augmented when ``train``; Pillow's errors pass."""
+    def _decode_into(self, out: np.ndarray, i: int, train: bool, generator) -> None:
+        """Example ``i`` written into ``out`` (uint8 (3, S, S)), augmented when ``train``: the box
+        is drawn, then (once the file has decoded) the flip. Pillow's errors pass."""
         augment = train and self.augment
         box_of = (lambda w, h: random_resized_box(w, h, generator)) if augment else centre_box
-        x = decode_crop(self.paths[i], self.image_size, box_of, self.draft)
+        image = decode_crop(self.paths[i], self.image_size, box_of, self.draft).transpose(2, 0, 1)
         if augment and torch.rand((), generator=generator) < 0.5:
-            x = x.flip(-1)
-        return x
+            image = image[:, :, ::-1]
+        out[...] = image  # the one copy: height-width-channel to channel-first, flipped or not
 
-    def _normalise(self, images: list[torch.Tensor]) -> torch.Tensor:
-        return (torch.stack(images).float() - self.mean) / self.std
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, 3, S, S) -> float32 ``(x - mean) / std`` per channel, on ``x``'s device (a new
+        tensor, the arithmetic in place on it). The loader calls it in the training process (or on
+        the GPU), so workers send uint8 images: a quarter of the bytes of float ones."""
+        mean, std = self.mean.to(x.device), self.std.to(x.device)
+        return x.to(torch.float32, copy=True).sub_(mean).div_(std)
 
-    def get(
-        self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The float batch (x, y) for ``indices``; ``DataError`` naming a file that does not decode."""
-        images = []
-        for i in indices.tolist():
-            try:
-                images.append(self._decode(i, train, generator))
-            except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for broken files
-                raise DataError(f"dataset 'imagefolder': cannot decode {self.paths[i]} ({why(e)})") from None
-        return self._normalise(images), self.labels[indices]
-
-    def read_batch(
+    def read_images(
         self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
-        """(x, y, problems): as ``get``, but an image that does not decode is replaced by the next
-        example (in folder order) that does, with its label; ``problems`` holds (path, one line)
-        for each damaged file. Which file stands in depends on the folder only: runs stay exact."""
-        images, labels, problems = [], [], []
-        for i in indices.tolist():
+        """(uint8 x, y, problems): the images of ``indices`` before ``normalise``. An image that
+        does not decode is replaced by the next example (in folder order) that does, with its
+        label; ``problems`` holds (path, one line) for each damaged file. Which file stands in
+        depends on the folder only: runs stay exact."""
+        x = torch.empty((len(indices), *self.shape), dtype=torch.uint8)
+        out, labels, problems = x.numpy(), [], []
+        for n, i in enumerate(indices.tolist()):
             for k in range(len(self.paths)):
                 j = (i + k) % len(self.paths)
                 try:
-                    images.append(self._decode(j, train, generator))
+                    self._decode_into(out[n], j, train, generator)
                 except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for broken files
                     problems.append((self.paths[j], _replaced(self.paths[j], e)))
                     continue
@@ -195,7 +190,28 @@ class ImageFolderDataset(Dataset):
                 break
             else:
                 raise DataError(f"dataset 'imagefolder': none of the {len(self.paths)} images decodes")
-        return self._normalise(images), torch.tensor(labels, dtype=torch.long), problems
+        return x, torch.tensor(labels, dtype=torch.long), problems
+
+    def get(
+        self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The float batch (x, y) for ``indices``; ``DataError`` naming a file that does not decode."""
+        x = torch.empty((len(indices), *self.shape), dtype=torch.uint8)
+        out = x.numpy()
+        for n, i in enumerate(indices.tolist()):
+            try:
+                self._decode_into(out[n], i, train, generator)
+            except Exception as e:  # noqa: BLE001 - Pillow raises many kinds for broken files
+                raise DataError(f"dataset 'imagefolder': cannot decode {self.paths[i]} ({why(e)})") from None
+        return self.normalise(x), self.labels[indices]
+
+    def read_batch(
+        self, indices: torch.Tensor, train: bool = False, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
+        """(x, y, problems): ``read_images``, normalised (float): a damaged image is named and
+        replaced, never raised."""
+        x, y, problems = self.read_images(indices, train, generator)
+        return self.normalise(x), y, problems
 
 
 def _replaced(path: Path, e: Exception) -> str:

@@ -53,17 +53,18 @@ def _draft(img, box, size: int):
     return (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
 
 
-def decode_crop(path, size: int, box_of, draft: bool = True) -> torch.Tensor:
-    """uint8 (3, size, size): the crop ``box_of(w, h)`` of the image at ``path``, resized
-    (bicubic); JPEGs in draft mode when ``draft``."""
+def decode_crop(path, size: int, box_of, draft: bool = True) -> np.ndarray:
+    """uint8 (size, size, 3), read-only: the crop ``box_of(w, h)`` of the image at ``path``,
+    resized (bicubic); JPEGs in draft mode when ``draft``. Height-width-channel as Pillow hands it
+    over (no copy here: the caller copies it once, into its batch, flipped if need be)."""
     from PIL import Image
 
     with Image.open(path) as img:
         box = box_of(*img.size)
         if draft and img.format == "JPEG":
             box = _draft(img, box, size)
-        img = img.convert("RGB").resize((size, size), Image.BICUBIC, box=box)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        rgb = img if img.mode == "RGB" else img.convert("RGB")  # convert would only copy an RGB image
+        return np.asarray(rgb.resize((size, size), Image.BICUBIC, box=box), dtype=np.uint8)
 
 
 def decode_whole(path, size: int) -> tuple[np.ndarray, tuple[int, int]]:

@@ -16,6 +16,10 @@ Worker processes (``num_workers`` > 0, for data sets that decode files): a
 so the data are the same bit for bit whatever the number of workers, and a resumed epoch goes on
 with the batch it stopped at. Workers persist across epochs, prefetch, and (on CUDA) hand over
 batches in pinned memory for non-blocking copies.
+
+Such data sets hand over uint8 images (``read_images``), a quarter of the bytes of float ones;
+the training process turns them into floats (``normalise``), on ``device`` when one is given
+(after a non-blocking copy of the uint8 batch), so workers or not, the floats are the same.
 """
 
 from __future__ import annotations
@@ -53,9 +57,10 @@ def default_workers(processes_per_machine: int = 1) -> int:
 
 
 def _fetch(dataset, chunk: torch.Tensor, train: bool, generator):
-    """(x, y, problems) of one batch: data sets that decode files report the images they could not
-    decode (and what stood in for them) instead of stopping; in-memory ones have none."""
-    read = getattr(dataset, "read_batch", None)
+    """(x, y, problems) of one batch: data sets that decode files give uint8 images (``read_images``,
+    normalised later) and report the images they could not decode (and what stood in for them)
+    instead of stopping; in-memory ones give float batches and have no problems."""
+    read = getattr(dataset, "read_images", None)
     if read is not None:
         return read(chunk, train=train, generator=generator)
     x, y = dataset.get(chunk, train=train, generator=generator)
@@ -129,8 +134,10 @@ class Loader:
     ``num_workers`` > 0: decode in that many worker processes (only data sets with
     ``decodes_files`` use them; in-memory batches are cheaper in the training process).
     ``pin_memory``: workers' batches in pinned memory (for non-blocking copies to CUDA).
+    ``device``: where data sets that decode files turn their uint8 images into normalised floats
+    (default: here, on the CPU); the batches ``x`` are then on that device.
     ``report(text)``: told once per file about images that could not be decoded (default: a
-    warning); a damaged image never stops an epoch, it is replaced as ``read_batch`` says.
+    warning); a damaged image never stops an epoch, it is replaced as ``read_images`` says.
     """
 
     def __init__(
@@ -144,6 +151,7 @@ class Loader:
         world_size: int = 1,
         num_workers: int = 0,
         pin_memory: bool = False,
+        device: torch.device | str | None = None,
         report: Callable[[str], object] | None = None,
     ) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -168,6 +176,7 @@ class Loader:
         self.epoch = 0
         self.num_workers = num_workers if getattr(dataset, "decodes_files", False) else 0
         self.pin_memory = pin_memory
+        self.device = device
         self.report = report if report is not None else (lambda text: warnings.warn(text, stacklevel=2))
         self.reported: set[str] = set()
         self._plan = _Plan(len(dataset), batch_size, train, seed, rank, world_size)
@@ -194,7 +203,15 @@ class Loader:
             source = (self._batch(b) for b in todo)
         for x, y, problems in source:
             self._report(problems)
-            yield x, y
+            yield self._floats(x), y
+
+    def _floats(self, x: torch.Tensor) -> torch.Tensor:
+        """The float batch: uint8 images normalised (on ``device`` when set), others as they are."""
+        if not hasattr(self.dataset, "read_images"):
+            return x
+        if self.device is not None:
+            x = x.to(self.device, non_blocking=True)
+        return self.dataset.normalise(x)
 
     def _batch(self, b: int):
         plan = self._plan

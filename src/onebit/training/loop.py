@@ -311,6 +311,7 @@ class Trainer:
             world_size=d.world_size,
             num_workers=data_workers(c, d.local_world_size if d.enabled else 1),
             pin_memory=self.device.type == "cuda",
+            device=self.device if self.device.type == "cuda" else None,  # image folders: floats made there
             report=self._warn,
         )
         self.train_loader = Loader(self.train_set, c["batch_size"], train=True, seed=c["seed"], **self.loader_options)
