@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import math
 import os
 import pickle
 import struct
@@ -176,7 +177,7 @@ class ImageFolderDataset(Dataset):
         does not decode is replaced by the next example (in folder order) that does, with its
         label; ``problems`` holds (path, one line) for each damaged file. Which file stands in
         depends on the folder only: runs stay exact."""
-        x = torch.empty((len(indices), *self.shape), dtype=torch.uint8)
+        x = _uint8_batch((len(indices), *self.shape))
         out, labels, problems = x.numpy(), [], []
         for n, i in enumerate(indices.tolist()):
             for k in range(len(self.paths)):
@@ -212,6 +213,15 @@ class ImageFolderDataset(Dataset):
         replaced, never raised."""
         x, y, problems = self.read_images(indices, train, generator)
         return self.normalise(x), y, problems
+
+
+def _uint8_batch(shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty uint8 batch; in a ``DataLoader`` worker, made in shared memory at once, as the
+    worker would otherwise copy it there to hand it over (a copy of every batch saved)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def _replaced(path: Path, e: Exception) -> str:
