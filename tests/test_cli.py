@@ -188,6 +188,7 @@ def test_train_eval_plot_resume(capsys, tmp_path):
         capsys, "bench-engine", str(run_dir), "--batch", "2", "--repeats", "1", "--threads", "1", "--backend", "numpy"
     )
     assert code == 0 and "| 2 |" in out and "| - |" not in out, err
+    assert "| 2/2, " in out  # the engine's answers were compared with torch's: same argmax on both images
     code, out, err = run_cli(capsys, "eval", str(run_dir), "--checkpoint", "last")
     assert code == 0 and "last.pt" in out, err
 
@@ -650,7 +651,9 @@ def test_bench_engine_says_how_it_measured(capsys):
     assert "median of 2 timed runs" in out and "engine: numpy backend, 1 threads, in a process of its own" in out
     assert "fp32: 1 threads, popcount forward off" in out and "# CPU: " in out
     (row,) = [line for line in out.splitlines() if line.startswith("| 3 |")]
-    assert row.endswith("faster |") or row.endswith("slower |")
+    assert row.split(" | ")[3].endswith(("faster", "slower"))
+    same, diff = row.split(" | ")[4].rstrip(" |").split(", ")
+    assert same == "3/3" and float(diff) < 1e-4  # the engine's answers are torch's
 
 
 @pytest.mark.parametrize("torch_s, engine_s, text", [(2.0, 1.0, "2.00x faster"), (0.5e-3, 1.07e-3, "2.14x slower")])

@@ -100,9 +100,12 @@ def _inputs(shape: tuple[int, ...], batch: int) -> np.ndarray:
     return np.random.default_rng(0).standard_normal((batch,) + tuple(shape[1:])).astype(np.float32)
 
 
-def engine_times(path: str, backend: str, threads: int, batches: list[int], repeats: int) -> dict:
+def engine_times(
+    path: str, backend: str, threads: int, batches: list[int], repeats: int, save_to: str | None = None
+) -> dict:
     """{batch: median seconds} of the packed runtime of ``path``; bench-engine runs this in a
-    process of its own, where no torch thread pool competes with numba's."""
+    process of its own, where no torch thread pool competes with numba's. ``save_to``: a folder
+    for each batch's output (``engine_{batch}.npy``), to compare with torch's."""
     from ..engine import load
 
     rt = load(path, backend=backend, num_threads=threads)
@@ -110,6 +113,8 @@ def engine_times(path: str, backend: str, threads: int, batches: list[int], repe
     for b in batches:
         x = _inputs(rt.input_shape, b)
         times[b] = _median(lambda x=x: rt(x), repeats)
+        if save_to is not None:
+            np.save(os.path.join(save_to, f"engine_{b}.npy"), rt(x))
     backend = rt.backend
     if backend == "numba":  # which pool ran: omp spins while it waits, workqueue does not
         import numba
@@ -120,14 +125,16 @@ def engine_times(path: str, backend: str, threads: int, batches: list[int], repe
     return {"backend": backend, "times": times}
 
 
-def _engine_times_apart(path: str, backend: str, threads: int, batches: list[int], repeats: int) -> dict:
+def _engine_times_apart(
+    path: str, backend: str, threads: int, batches: list[int], repeats: int, save_to: str | None = None
+) -> dict:
     """``engine_times`` in a fresh Python process (numba's OpenMP threads and torch's spin-wait
     for work and slow each other down when both are timed in one process)."""
     import onebit
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(onebit.__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    args = json.dumps([path, backend, threads, batches, repeats])
+    args = json.dumps([path, backend, threads, batches, repeats, save_to])
     code = "import json, sys; from onebit.cli.deploy import engine_times; print(json.dumps(engine_times(*json.loads(sys.argv[1]))))"
     res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=env)
     if res.returncode != 0:
@@ -138,9 +145,11 @@ def _engine_times_apart(path: str, backend: str, threads: int, batches: list[int
     return out
 
 
-def torch_times(model, shape: tuple[int, ...], threads: int, batches: list[int], repeats: int) -> dict:
+def torch_times(
+    model, shape: tuple[int, ...], threads: int, batches: list[int], repeats: int, outputs: dict | None = None
+) -> dict:
     """{batch: median seconds} of the torch model (fp32, no_grad, popcount forward off) with
-    ``threads`` torch threads."""
+    ``threads`` torch threads; ``outputs`` (a dict) receives each batch's output as numpy."""
     import torch
 
     from .. import settings
@@ -153,6 +162,8 @@ def torch_times(model, shape: tuple[int, ...], threads: int, batches: list[int],
             for b in batches:
                 x = torch.from_numpy(_inputs(shape, b))
                 times[b] = _median(lambda x=x: model(x), repeats)
+                if outputs is not None:
+                    outputs[b] = model(x).numpy()
     finally:
         torch.set_num_threads(before)
     return times
@@ -183,16 +194,25 @@ def _ratio(torch_s: float, engine_s: float) -> str:
     return f"{r:.2f}x faster" if r >= 1 else f"{1 / r:.2f}x slower"
 
 
-def _print_table(engine: dict, torch_s: dict | None, batches: list[int]) -> None:
-    """One markdown row per batch size: engine ms, torch fp32 ms, which is faster and by how much."""
-    print("| batch | engine ms | torch fp32 ms | engine vs torch |")
-    print("|---|---|---|---|")
+def _agreement(engine_out: np.ndarray, torch_out: np.ndarray) -> str:
+    """How the engine's output compares with torch's on the same input: the images (rows) with
+    the same argmax, and the largest difference relative to the largest torch output."""
+    e, t = engine_out.reshape(len(engine_out), -1), torch_out.reshape(len(torch_out), -1)
+    same = int((e.argmax(1) == t.argmax(1)).sum())
+    return f"{same}/{len(t)}, {float(np.abs(e - t).max() / max(np.abs(t).max(), 1e-30)):.1e}"
+
+
+def _print_table(engine: dict, torch_s: dict | None, batches: list[int], agree: dict) -> None:
+    """One markdown row per batch size: engine ms, torch fp32 ms, which is faster and by how much,
+    and whether both computed the same (``agree``: batch -> ``_agreement``)."""
+    print("| batch | engine ms | torch fp32 ms | engine vs torch | same argmax, max diff / max output |")
+    print("|---|---|---|---|---|")
     for b in batches:
         te = engine["times"][b]
         if torch_s is None:
-            print(f"| {b} | {te * 1e3:.3f} | - | - |")
+            print(f"| {b} | {te * 1e3:.3f} | - | - | - |")
         else:
-            print(f"| {b} | {te * 1e3:.3f} | {torch_s[b] * 1e3:.3f} | {_ratio(torch_s[b], te)} |")
+            print(f"| {b} | {te * 1e3:.3f} | {torch_s[b] * 1e3:.3f} | {_ratio(torch_s[b], te)} | {agree[b]} |")
 
 
 @command
@@ -219,23 +239,24 @@ def cmd_bench_engine(argv: list[str]) -> int:
             raise UsageError(f"{option} {min(values)}: must be >= 1")
     from ..engine import export, load
 
-    torch_s = None
+    torch_s, torch_out = None, {}
     with tempfile.TemporaryDirectory() as tmp:
         path = a.target
         if not os.path.isfile(a.target):
             model, size = _model_and_size(a.target, "best", a.input_size)
             path = os.path.join(tmp, "model.obe")
             export(model, path, size)
-            torch_s = torch_times(model, size, a.threads, a.batch, a.repeats)
+            torch_s = torch_times(model, size, a.threads, a.batch, a.repeats, torch_out)
         shape = load(path, backend=a.backend).input_shape  # a damaged file: one line, here
-        engine = _engine_times_apart(path, a.backend, a.threads, a.batch, a.repeats)
+        engine = _engine_times_apart(path, a.backend, a.threads, a.batch, a.repeats, tmp if torch_s else None)
+        agree = {b: _agreement(np.load(os.path.join(tmp, f"engine_{b}.npy")), torch_out[b]) for b in torch_out}
     print(
         f"# {a.target}: input {'x'.join(map(str, shape[1:]))}; median of {a.repeats} timed runs after "
         f"1 warm-up; engine: {engine['backend']}, {a.threads} threads, in a process of its own"
         + (f"; torch {_torch_version()} fp32: {a.threads} threads, popcount forward off" if torch_s else "")
     )
     print(f"# CPU: {_cpu()}; load average {os.getloadavg()[0]:.2f}")
-    _print_table(engine, torch_s, a.batch)
+    _print_table(engine, torch_s, a.batch, agree)
     return 0
 
 
