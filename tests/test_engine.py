@@ -508,6 +508,53 @@ def test_residual_model_roundtrip(tmp_path, backend):
     np.testing.assert_allclose(out, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
 
 
+class _Transpose(nn.Module):
+    """Swaps height and width: a permute the engine refuses."""
+
+    def forward(self, x):
+        return x.permute(0, 1, 3, 2)
+
+
+class _ChannelsLast(nn.Module):
+    """A map flattened in (H, W, C) order (as Keras' Flatten) into dense layers, by ``permute``
+    or ``movedim``; ``then``: a module applied to the flattened features before the dense layer."""
+
+    def __init__(self, how, binary, then=None):
+        super().__init__()
+        self.how, self.then = how, then or nn.Identity()
+        self.conv = QuantConv2d(3, 8, 3, input_quantizer="ste_sign", kernel_quantizer="ste_sign", bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        quantizers = dict(input_quantizer="ste_sign", kernel_quantizer="ste_sign") if binary else {}
+        self.fc = QuantLinear(8 * 3 * 4, 5, **quantizers)
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        x = x.permute(0, 2, 3, 1) if self.how == "permute" else torch.movedim(x, 1, -1)
+        return self.fc(self.then(x.reshape(x.shape[0], -1)))
+
+
+@pytest.mark.parametrize("how", ["permute", "movedim"])
+@pytest.mark.parametrize("binary", [False, True], ids=["float-dense", "binary-dense"])
+def test_channels_last_flatten_into_dense_layers(tmp_path, how, binary):
+    torch.manual_seed(0)
+    model = randomize_bn(_ChannelsLast(how, binary), negative=True)
+    out, ref, _ = roundtrip(model, (3, 3, 5, 6), tmp_path, "numpy")
+    np.testing.assert_allclose(out, ref, atol=1e-5 * np.abs(ref).max(), rtol=0)
+
+
+@pytest.mark.parametrize(
+    "model,match",
+    [
+        (_ChannelsLast("permute", True, then=nn.ReLU()), r"layer 'then': reads .*flattened channels-last"),
+        (nn.Sequential(_Transpose()), r"op 'permute' \(permute\) in layer '0': dims to \(0, 1, 3, 2\)"),
+    ],
+    ids=["flattened-into-relu", "transpose"],
+)
+def test_channels_last_refusals(tmp_path, model, match):
+    with pytest.raises(EngineError, match=match):
+        export(model.eval(), tmp_path / "m.obe", (1, 3, 5, 6))
+
+
 # --------------------------------------------------------------------------------------- refusals
 
 

@@ -1055,22 +1055,29 @@ class _Lowering(_OpGraph):
         self.env[plan["sign"].out] = ("bits", vid, meta)
 
 
-def build(model: nn.Module, input_size) -> tuple[dict, dict[str, np.ndarray]]:
-    """The engine graph (JSON-able dict) and arrays of ``model`` for inputs of ``input_size``."""
+def trace_ops(model: nn.Module, input_size, ranks=None) -> tuple[list[_Op], str, tuple[int, ...]]:
+    """(ops, output, size): ``model`` traced in eval mode (its mode restored after) into the
+    float-semantics ops every exporter lowers, for inputs of ``input_size``: positive ints, of a
+    rank in ``ranks`` where given."""
     try:
         size = tuple(operator.index(v) for v in input_size)
     except TypeError:
         size = ()
-    if len(size) < 2 or min(size) < 1:
+    if len(size) < 2 or min(size) < 1 or (ranks is not None and len(size) not in ranks):
         raise EngineError(f"input_size={input_size!r} must be (N, C, H, W) or (N, features) of positive ints")
-    input_size = size
     was_training = model.training
     model.eval()
     try:
-        ops, output = _GraphBuilder(model, input_size).trace()
-        out_ops, arrays, out = _Lowering(ops, output).run()
+        ops, output = _GraphBuilder(model, size).trace()
     finally:
         model.train(was_training)
+    return ops, output, size
+
+
+def build(model: nn.Module, input_size) -> tuple[dict, dict[str, np.ndarray]]:
+    """The engine graph (JSON-able dict) and arrays of ``model`` for inputs of ``input_size``."""
+    ops, output, input_size = trace_ops(model, input_size)
+    out_ops, arrays, out = _Lowering(ops, output).run()
     graph = {
         "format": _bits.FORMAT,
         "version": _bits.VERSION,

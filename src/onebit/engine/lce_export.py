@@ -32,7 +32,7 @@ from torch import nn
 
 from ..kernels.bits import EngineError, pack_bool
 from ..kernels.geometry import out_size, same_padding
-from .exporter import _GraphBuilder, _OpGraph
+from .exporter import _OpGraph, trace_ops
 
 __all__ = ["export_lce", "build_lce"]
 
@@ -728,20 +728,9 @@ def build_lce(model: nn.Module, input_size) -> tuple[bytes, dict]:
     """The TFLite flatbuffer (bytes) of ``model`` for inputs of ``input_size`` (N, C, H, W) or
     (N, features), and a report: ``ops`` (count), ``op_counts`` (by op name), ``binary_weight_bits``
     (packed filter bits, with each word's unused bits)."""
-    try:
-        size = tuple(int(v) for v in input_size)
-    except (TypeError, ValueError):
-        size = ()
-    if len(size) not in (2, 4) or min(size) < 1:
-        raise EngineError(f"input_size={input_size!r} must be (N, C, H, W) or (N, features) of positive ints")
-    was_training = model.training
-    model.eval()
-    try:
-        ops, output = _GraphBuilder(model, size).trace()
-        lowering = _LceLowering(ops, output, size)
-        data = lowering.run()
-    finally:
-        model.train(was_training)
+    ops, output, size = trace_ops(model, input_size, ranks=(2, 4))
+    lowering = _LceLowering(ops, output, size)
+    data = lowering.run()
     names = [lowering.w.codes[op["code"]][0] for op in lowering.w.ops]
     counts = {name: names.count(name) for name in sorted(set(names))}
     return data, {"ops": len(names), "op_counts": counts, "binary_weight_bits": lowering.binary_weight_bits}
