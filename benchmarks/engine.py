@@ -3,7 +3,7 @@
     NUMBA_THREADING_LAYER=workqueue .venv/bin/python benchmarks/engine.py [--threads 2]
         [--batches 1 50] [--repeats 15] [--model binarynet] [--backend numba]
     .venv/bin/python benchmarks/engine.py --end-to-end binarynet birealnet18 quicknet \
-        [--threads 1] [--batches 1 50] [--repeats 7] [--rounds 3]
+        [--threads 1] [--batches 1 50] [--repeats 7] [--rounds 3] [--avx2]
 
 ``--end-to-end``: numba's thread pool and torch's compete when both run in one process, so each
 side runs in a process of its own with its thread count fixed (numba's ``num_threads`` and
@@ -12,7 +12,9 @@ alternating ``--rounds`` times; each reports the median wall and CPU time of ``-
 after two warm-up calls, and the table shows the medians over rounds. Both load the same weights
 (random, random batch-norm statistics). CPU time is the figure to trust on a shared machine: with
 one thread it is the time the inference held a core. The last column compares the two sides'
-outputs on the same input (argmax and largest difference).
+outputs on the same input (argmax and largest difference). ``--avx2`` runs both sides as an
+AVX2-only CPU would (numba's target Haswell without AVX-512, so no ``vpopcntq``; torch's ATen and
+oneDNN and OpenBLAS capped at AVX2), to measure that code path on an AVX-512 machine.
 
 Each figure is the median of ``--repeats`` runs; the engine and torch calls alternate inside every
 repetition, so both see the same machine load. Per layer, the engine op (XOR/popcount dots, batch
@@ -172,8 +174,26 @@ def _child(side, model_name, folder, batch, threads, repeats):
     print(f"{statistics.median(wall) * 1e3:.3f} {statistics.median(cpu) * 1e3:.3f}")
 
 
+# what an AVX2-only CPU runs: numba compiles for Haswell without AVX-512 (so the vector popcount
+# is the vpshufb nibble-table sequence, not vpopcntq), torch's ATen and oneDNN and OpenBLAS stop
+# at AVX2; a cache of its own keeps these kernels apart from the host's
+_AVX2_ENV = {
+    "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": "+avx,+avx2,+bmi,+bmi2,+cx16,+f16c,+fma,+lzcnt,+movbe,+popcnt,+sse4.2,"
+    + ",".join(
+        f"-avx512{f}"
+        for f in ("f", "vpopcntdq", "bw", "vl", "dq", "cd", "bitalg", "vbmi", "vbmi2", "vnni", "bf16", "ifma")
+    ),
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OPENBLAS_CORETYPE": "Haswell",
+    "NUMBA_CACHE_DIR": os.path.join(tempfile.gettempdir(), "onebit-numba-avx2"),
+}
+_ENV = {}  # extra environment of the timed processes (--avx2)
+
+
 def _run_child(side, model_name, folder, batch, threads, repeats):
-    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), **_ENV)
     env.update(OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--child", side, "--model", model_name, "--folder", folder]
     cmd += ["--batches", str(batch), "--threads", str(threads), "--repeats", str(repeats)]
@@ -250,6 +270,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--end-to-end", nargs="+", metavar="MODEL", choices=sorted(_SIDES))
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--avx2", action="store_true", help="--end-to-end as on an AVX2-only CPU (no AVX-512), on an AVX-512 machine"
+    )
     p.add_argument("--child", choices=["engine", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--model", default="binarynet", choices=sorted(_SIDES))
@@ -262,6 +285,9 @@ def main(argv=None):
         _child(a.child, a.model, a.folder, a.batches[0], a.threads, a.repeats)
         return 0
     if a.end_to_end:
+        if a.avx2:
+            _ENV.update(_AVX2_ENV)
+            print("# --avx2: both sides compiled / dispatched for AVX2 only (numba target haswell, no AVX-512)")
         _print_end_to_end(
             end_to_end(a.end_to_end, a.batches, a.threads, a.repeats, a.rounds), a.threads, a.repeats, a.rounds
         )
