@@ -586,6 +586,7 @@ class _Cat(nn.Module):
             "'0'.*pad_values=0.5",
         ),
         (nn.Sequential(nn.Conv2d(4, 4, 1), nn.Upsample(scale_factor=2)), "'0.1'.*Upsample"),
+        (nn.Sequential(nn.Conv2d(4, 4, 1), nn.Softmax(dim=2)), r"layer '0.1' \(Softmax\): softmax over dim 2"),
     ],
 )
 def test_refusals_name_the_layer(tmp_path, layer, match):

@@ -361,6 +361,8 @@ class _GraphBuilder:
             return
         if isinstance(m, q.Quantizer) or callable(m) and q.precision_of(m) is not None:
             return self._quantizer(node, m, x, in_shape)
+        if isinstance(m, nn.Softmax):
+            return self._softmax(node, x, m.dim)
         activation = _activation(m)
         if activation is not None:
             kind, attrs = activation
@@ -522,6 +524,10 @@ class _GraphBuilder:
         elementwise = _FUNCTIONS.get(t) or (_METHODS.get(t) if method else None)
         if elementwise is not None:
             return self._elementwise(node, elementwise, x)
+        if t in (torch.softmax, F.softmax) or (method and t == "softmax"):
+            return self._softmax(
+                node, x, _resolve(node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None), self.values)
+            )
         if t is F.adaptive_avg_pool2d:
             return self._gap(node, x, node.args[1] if len(node.args) > 1 else node.kwargs["output_size"], keepdims=True)
         if t is torch.mean or (method and t == "mean"):
@@ -574,6 +580,15 @@ class _GraphBuilder:
                 f"shapes{' or a per-channel (N, C, 1, 1) factor' if kind == 'mul' else ''}"
             )
         return self._add(kind, node, [x, self._arg(node, b)], name=node.name)
+
+    def _softmax(self, node, x, dim):
+        """Softmax over the channels (dim 1, the last axis of the engine's NHWC); else a refusal."""
+        rank = len(self.shapes[node.name])
+        if not isinstance(dim, int) or dim % rank != 1:
+            module = node.op == "call_module"
+            what = f"layer {node.target!r} (Softmax)" if module else f"op {node.name!r} (softmax){_within(node)}"
+            raise EngineError(f"{what}: softmax over dim {dim}; the engine takes it over the channels (dim 1)")
+        return self._add("softmax", node, [x], name=node.name)
 
     def _concat(self, node):
         parts = node.args[0]
@@ -1014,6 +1029,9 @@ class _Lowering(_OpGraph):
 
     def _sigmoid(self, op):
         self._simple(op, "sigmoid")
+
+    def _softmax(self, op):
+        self._simple(op, "softmax")
 
     def _tanh(self, op):
         self._simple(op, "tanh")

@@ -590,6 +590,11 @@ class _LceLowering(_OpGraph):
             self.emit("LOGISTIC", [v.tensor], v.shape, np.float32, op.name), "float", v.shape, v.flat
         )
 
+    def _softmax(self, op):  # over the last axis: NHWC's channels; a flattened map's order is kept
+        v = self.float_of(self.env[op.inputs[0]])
+        t = self.emit("SOFTMAX", [v.tensor], v.shape, np.float32, op.name, options=("SoftmaxOptions", {"Beta": 1.0}))
+        self.env[op.out] = _Val(t, "float", v.shape, v.flat)
+
     def _expand_hw(self, op):  # (N, C) -> torch's (N, C, 1, 1), NHWC (N, 1, 1, C)
         v = self.materialize(self.float_of(self.env[op.inputs[0]]))
         self.env[op.out] = self.reshape(v, (v.shape[0], 1, 1, v.shape[1]), op.name)

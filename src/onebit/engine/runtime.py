@@ -66,6 +66,7 @@ _FLOAT_OPS = frozenset(
         "add_scalar",
         "prelu",
         "sigmoid",
+        "softmax",
         "tanh",
         "expand_hw",
     }
@@ -113,6 +114,12 @@ def check_graph(graph, where: str = "engine graph") -> None:
         raise EngineError(f"{where}: corrupt graph (output {graph.get('output')!r} is never computed)")
 
 
+def _softmax(x):
+    """Softmax over the last axis (the channels), shifted by the maximum so exp cannot overflow."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True, dtype=np.float32)).astype(np.float32)
+
+
 def _sigmoid(x):
     with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0 gives 0, as it should
         return (np.float32(1) / (np.float32(1) + np.exp(-x))).astype(np.float32)
@@ -126,6 +133,7 @@ _ELEMENTWISE = {
     "hardtanh": lambda x, op, a: np.clip(x, np.float32(op["min"]), np.float32(op["max"])),
     "prelu": lambda x, op, a: np.where(x >= 0, x, x * a["slope"]).astype(np.float32),
     "sigmoid": lambda x, op, a: _sigmoid(x),
+    "softmax": lambda x, op, a: _softmax(x),
     "tanh": lambda x, op, a: np.tanh(x),
     "levels": lambda x, op, a: _bits.quantize_levels(x, op["levels"]).astype(np.float32) / np.float32(op["levels"]),
     "add_scalar": lambda x, op, a: x + np.float32(op["value"]),
