@@ -258,21 +258,22 @@ def _mnist_images(n):
     return (x - 0.1307) / 0.3081
 
 
-# Every zoo model, as small as its builder allows (keyword arguments, input size).
+# Every zoo model, as small as its builder allows (keyword arguments, input size; the ResNet-like
+# models run on 16x16 inputs, where their binary layers see 4x4, 2x2 and 1x1 maps).
 ZOO = {
     "small_cnn": ({}, (2, 1, 28, 28)),
     "binarynet": ({"filters": 32, "dense_units": 96}, (2, 3, 32, 32)),
     "binary_alexnet": ({"image_size": 64}, (2, 3, 64, 64)),
     "xnornet": ({"image_size": 64}, (2, 3, 64, 64)),
     "dorefanet": ({"image_size": 48}, (2, 3, 48, 48)),
-    "birealnet18": ({"filters": 16}, (2, 3, 32, 32)),
-    "binary_resnet_e18": ({"initial_filters": 16}, (2, 3, 32, 32)),
+    "birealnet18": ({"filters": 16}, (2, 3, 16, 16)),
+    "binary_resnet_e18": ({"initial_filters": 16}, (2, 3, 16, 16)),
     "binary_densenet28": ({"initial_filters": 16, "growth_rate": 16}, (2, 3, 32, 32)),
-    "meliusnet22": ({}, (2, 3, 32, 32)),
+    "meliusnet22": ({}, (2, 3, 16, 16)),
     "quicknet_small": ({}, (2, 3, 32, 32)),
     "quicknet": ({}, (2, 3, 32, 32)),
     "quicknet_large": ({}, (2, 3, 32, 32)),
-    "real_to_binary_net": ({}, (2, 3, 32, 32)),
+    "real_to_binary_net": ({}, (2, 3, 16, 16)),
 }
 
 

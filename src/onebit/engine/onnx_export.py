@@ -26,7 +26,9 @@ it (batch norm, pooling, the next quantizer's rounding, half to even) is torch's
 that value. torch's own float32 convolution adds DoReFa's inexact levels k/3 times +/-alpha in an
 order of its own (it depends on the thread count and memory layout), so a value within ~1e-7 of
 a rounding boundary can land on either level there; the exact sum is the one answer that does not
-depend on how torch happened to add. The packed engine follows the same rule.
+depend on how torch happened to add; the packed engine sums these layers exactly too. A
+real-valued layer (a model's first) stays a float sum in both runtimes, so a value it gives within
+float rounding of the next quantizer's boundary can still fall either way.
 """
 
 from __future__ import annotations
