@@ -17,6 +17,7 @@ import onebit
 from onebit import QuantConv2d, QuantLinear
 from onebit.engine import EngineError
 from onebit.layers import QuantLayer
+from onebit.layers.quantized import QuantConvTranspose2d
 from onebit.models import list_models, model_info
 from onebit.quantizers import DoReFa
 from test_engine import ZOO, _binary_conv, _Residual, exact_reference, randomize_bn
@@ -206,6 +207,20 @@ def test_a_model_written_with_functional_ops(tmp_path):
     x[0, :, 0, 0] = 0.0  # sign(0) = +1
     out, ref = run_onnx(path, x), torch_reference(model, x)
     np.testing.assert_allclose(out, ref, atol=1e-4 * np.abs(ref).max(), rtol=0)
+
+
+def test_a_transposed_conv_with_a_scaled_kernel_stays_a_float_layer(tmp_path):
+    """Its kernel's scale runs along the input channels (weight axis 0), not the outputs: no
+    integer dot times a per-output scale computes it."""
+    torch.manual_seed(0)
+    layer = QuantConvTranspose2d(3, 5, 3, 2, input_quantizer="ste_sign", kernel_quantizer="magnitude_aware_sign")
+    model = nn.Sequential(layer).eval()
+    path = tmp_path / "m.onnx"
+    onebit.export_onnx(model, path, (1, 3, 5, 5))
+    assert "Round" not in {n.op_type for n in onnx.load(str(path)).graph.node}
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        np.testing.assert_allclose(run_onnx(path, x), model(x).numpy(), atol=1e-5)
 
 
 def test_pad_values_become_constant_pads(tmp_path):
