@@ -8,8 +8,9 @@ started), median of ``--repeats`` epochs interleaved over the worker counts, the
 first count's rate (0 workers by default) measured in the same run, and the CPU time per image
 of the training process and its workers together (steadier than images/s on a loaded machine).
 Then decoding alone, file by file, with each decoder that imports: Pillow (full size and in draft
-mode), simplejpeg and PyTurboJPEG (full size and their DCT scaling), so the choice of decoder
-rests on a measurement. Prints the CPU model, its flags and the load.
+mode), simplejpeg and PyTurboJPEG (full size and their DCT scaling); and the whole training crop
+(decode, random-resized crop, resize) with Pillow against simplejpeg decoding, CPU time per image
+and whether the crops are identical, so the choice of decoder rests on a measurement. Prints the CPU model, its flags and the load.
 
     python benchmarks/data.py [--images 2000] [--workers 0 1 2] [--batch 64] [--repeats 3]
 """
@@ -17,6 +18,7 @@ rests on a measurement. Prints the CPU model, its flags and the load.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -143,6 +145,54 @@ def decode_rates(paths: list[Path], repeats: int) -> dict[str, float]:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def simplejpeg_crop(path, size: int, box_of) -> np.ndarray | None:
+    """The training crop as ``onebit.data.decode.decode_crop`` makes it (draft mode), with
+    simplejpeg decoding at the power-of-two DCT scale Pillow's draft mode picks; None when
+    simplejpeg does not import."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    from PIL import Image
+
+    data = Path(path).read_bytes()
+    h, w = simplejpeg.decode_jpeg_header(data)[:2]
+    box = box_of(w, h)
+    want_w = math.ceil(w * size / max(box[2] - box[0], 1e-6))
+    want_h = math.ceil(h * size / max(box[3] - box[1], 1e-6))
+    scale = next(s for s in (8, 4, 2, 1) if max(1, min(w // want_w, h // want_h)) >= s)
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // scale), min_height=-(-h // scale))
+    sx, sy = rgb.shape[1] / w, rgb.shape[0] / h
+    box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+    return np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC, box=box))
+
+
+def crop_costs(paths: list[Path], repeats: int, size: int = 224) -> tuple[dict[str, float], int]:
+    """({path: median CPU ms per image}, images alike): the whole decode + random-resized crop +
+    resize with Pillow (onebit's) and with simplejpeg decoding, in turn, the same boxes for both."""
+    from onebit.data.decode import decode_crop, random_resized_box
+
+    ways = {"Pillow (onebit)": decode_crop}
+    if simplejpeg_crop(paths[0], size, lambda w, h: (0, 0, w, h)) is not None:
+        ways["simplejpeg + Pillow"] = simplejpeg_crop
+    costs = {name: [] for name in ways}
+    for r in range(repeats):
+        for name, crop in ways.items():
+            g = torch.Generator().manual_seed(r)
+            start = time.process_time()
+            for p in paths:
+                crop(p, size, lambda w, h: random_resized_box(w, h, g))
+            costs[name].append(1000 * (time.process_time() - start) / len(paths))
+    alike = 0
+    for i, p in enumerate(paths if len(ways) > 1 else []):
+        a, b = (
+            crop(p, size, lambda w, h: random_resized_box(w, h, torch.Generator().manual_seed(i)))
+            for crop in ways.values()
+        )
+        alike += bool(np.array_equal(a, b))
+    return {name: statistics.median(c) for name, c in costs.items()}, alike
+
+
 def machine() -> str:
     """CPU model, the flags that matter here, and the load."""
     model, flags = "?", []
@@ -189,6 +239,12 @@ def main() -> None:
         print(f"decoding alone, {len(paths)} files, one process, images/s:")
         for name, rate in decode_rates(paths, args.repeats).items():
             print(f"  {name:20s} {rate:8.1f}")
+        costs, alike = crop_costs(paths, args.repeats)
+        print(f"decode + crop + resize to 224, {len(paths)} files, one process, CPU ms/image:")
+        for name, ms in costs.items():
+            print(f"  {name:20s} {ms:8.2f}")
+        if len(costs) > 1:
+            print(f"  identical crops: {alike} of {len(paths)}")
         print(machine())
 
 
