@@ -194,6 +194,7 @@ _ENV = {}  # extra environment of the timed processes (--avx2)
 
 def _run_child(side, model_name, folder, batch, threads, repeats):
     env = dict(os.environ, NUMBA_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads), **_ENV)
+    env.setdefault("OMP_WAIT_POLICY", "passive")  # torch loads OpenMP first; numba's kernels share it
     env.update(OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--child", side, "--model", model_name, "--folder", folder]
     cmd += ["--batches", str(batch), "--threads", str(threads), "--repeats", str(repeats)]

@@ -134,6 +134,7 @@ def _engine_times_apart(
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(onebit.__file__)))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    env.setdefault("OMP_WAIT_POLICY", "passive")  # see onebit.kernels.jit_kernels: set before torch loads OpenMP
     args = json.dumps([path, backend, threads, batches, repeats, save_to])
     code = "import json, sys; from onebit.cli.deploy import engine_times; print(json.dumps(engine_times(*json.loads(sys.argv[1]))))"
     res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, env=env)

@@ -8,6 +8,8 @@ ImportError without it; ``jit_kernels()`` returns it, or None where numba is mis
 
 from __future__ import annotations
 
+import os
+
 from .bits import EngineError, pack_bool, pack_sign, popcount, unpack_sign, words_for
 from .geometry import out_size, same_padding
 
@@ -31,9 +33,16 @@ def jit_kernels():
     """The numba kernels (module ``onebit.kernels.jit``), or None where numba does not import.
 
     Imported on first use: numba's import costs about a second, which a run that never takes a
-    binary fast path should not pay. The result is cached for the process."""
+    binary fast path should not pay. The result is cached for the process.
+
+    Unless the environment says otherwise, OpenMP threads here wait passively (OMP_WAIT_POLICY):
+    the runtime alternates numba's parallel kernels with BLAS and numpy, and OpenMP's default
+    spin-wait made a 2-thread Bi-Real Net inference 10x slower than one thread. The OpenMP
+    runtime reads this once, when it loads: in a process that imported torch first (which loads
+    it), set it before Python starts, or give the runtime ``num_threads=1``."""
     global _jit
     if _jit is None:
+        os.environ.setdefault("OMP_WAIT_POLICY", "passive")
         try:
             from . import jit
         except ImportError:
