@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import onebit
+from onebit.cli.deploy import output_agreement
 from onebit.engine import load
 from onebit.layers import QuantConv2d, QuantLayer
 
@@ -222,17 +223,9 @@ def end_to_end(models, batches, threads, repeats, rounds):
                     for side in runs:
                         runs[side].append(_run_child(side, name, folder, batch, threads, repeats))
                 med = {side: [statistics.median(r[i] for r in v) for i in (0, 1)] for side, v in runs.items()}
-                agree = _agreement(*(np.load(os.path.join(folder, f"out_{s}_{batch}.npy")) for s in runs))
+                agree = output_agreement(*(np.load(os.path.join(folder, f"out_{s}_{batch}.npy")) for s in runs))
                 rows.append((name, batch, med["engine"][0], med["torch"][0], med["engine"][1], med["torch"][1], agree))
     return rows
-
-
-def _agreement(engine_out, torch_out):
-    """'same argmax on k/n, max |diff| / max |logit|': how the timed engine's outputs compare with
-    torch's on the same input."""
-    same = int((engine_out.argmax(1) == torch_out.argmax(1)).sum())
-    rel = float(np.abs(engine_out - torch_out).max() / max(np.abs(torch_out).max(), 1e-30))
-    return f"{same}/{len(torch_out)}, {rel:.1e}"
 
 
 def _cpu_line():

@@ -195,7 +195,7 @@ def _ratio(torch_s: float, engine_s: float) -> str:
     return f"{r:.2f}x faster" if r >= 1 else f"{1 / r:.2f}x slower"
 
 
-def _agreement(engine_out: np.ndarray, torch_out: np.ndarray) -> str:
+def output_agreement(engine_out: np.ndarray, torch_out: np.ndarray) -> str:
     """How the engine's output compares with torch's on the same input: the images (rows) with
     the same argmax, and the largest difference relative to the largest torch output."""
     e, t = engine_out.reshape(len(engine_out), -1), torch_out.reshape(len(torch_out), -1)
@@ -205,7 +205,7 @@ def _agreement(engine_out: np.ndarray, torch_out: np.ndarray) -> str:
 
 def _print_table(engine: dict, torch_s: dict | None, batches: list[int], agree: dict) -> None:
     """One markdown row per batch size: engine ms, torch fp32 ms, which is faster and by how much,
-    and whether both computed the same (``agree``: batch -> ``_agreement``)."""
+    and whether both computed the same (``agree``: batch -> ``output_agreement``)."""
     print("| batch | engine ms | torch fp32 ms | engine vs torch | same argmax, max diff / max output |")
     print("|---|---|---|---|---|")
     for b in batches:
@@ -250,7 +250,7 @@ def cmd_bench_engine(argv: list[str]) -> int:
             torch_s = torch_times(model, size, a.threads, a.batch, a.repeats, torch_out)
         shape = load(path, backend=a.backend).input_shape  # a damaged file: one line, here
         engine = _engine_times_apart(path, a.backend, a.threads, a.batch, a.repeats, tmp if torch_s else None)
-        agree = {b: _agreement(np.load(os.path.join(tmp, f"engine_{b}.npy")), torch_out[b]) for b in torch_out}
+        agree = {b: output_agreement(np.load(os.path.join(tmp, f"engine_{b}.npy")), torch_out[b]) for b in torch_out}
     print(
         f"# {a.target}: input {'x'.join(map(str, shape[1:]))}; median of {a.repeats} timed runs after "
         f"1 warm-up; engine: {engine['backend']}, {a.threads} threads, in a process of its own"

@@ -26,6 +26,7 @@ from .jit_float import (
     PRELU,
     RELU,
     RESIDUAL,
+    STORE,
     Epilogue,
     avgpool2d,
     conv2d,
@@ -34,6 +35,8 @@ from .jit_float import (
     maxpool2d,
     outputs,
     results,
+    scratch_size,
+    window,
 )
 from .reference import _finish, _group_slices, _pool_windows, conv_hw
 
@@ -196,7 +199,7 @@ def _bconv2d(x, wt, wpc_t, c_in, kh, kw, sh, sw, dh, dw, pt, pl, ho, wo, pad_one
         n_acc = mode_args[3].shape[0] if mode_args[0] == 1 else n_out  # whole output words for bits
         acc0 = np.zeros(n_acc, dtype=np.int64)
         acc1 = np.zeros(n_acc, dtype=np.int64)
-        y = np.zeros((n_out + 63) // 64 * 64, dtype=np.float32)
+        y = np.zeros(scratch_size(n_out, True), dtype=np.float32)  # whole words: a post may pack
         oob0 = np.zeros(taps, dtype=np.bool_)
         oob1 = np.zeros(taps, dtype=np.bool_)
         for ow0 in range(0, wo, 2):
@@ -235,11 +238,9 @@ def _maxpool_bits(x, kh, kw, sh, sw, pt, pl, ho, wo, and_mask, out):
     for row in prange(n_img * ho):
         n = row // ho
         oh = row % ho
-        r0 = max(oh * sh - pt, 0)
-        r1 = min(oh * sh - pt + kh, h)
+        r0, r1 = window(oh, sh, pt, kh, h)
         for ow in range(wo):
-            c0 = max(ow * sw - pl, 0)
-            c1 = min(ow * sw - pl + kw, wid)
+            c0, c1 = window(ow, sw, pl, kw, wid)
             for q in range(words):
                 a = np.uint64(0xFFFFFFFFFFFFFFFF)
                 b = np.uint64(0)
@@ -324,7 +325,7 @@ def bconv2d(
     ho, wo = conv_hw(x, w, stride, dilation, pads)
     geometry = (kh, kw, stride[0], stride[1], dilation[0], dilation[1], pads[0][0], pads[1][0], ho, wo)
     m, mul, add, t2, flip = _mode_args(mode, mul, add, sgn, thr)
-    e = post if post is not None else make_epilogue([], o)
+    e = post if post is not None else STORE
     out_f, out_b = outputs((x.shape[0], ho, wo), o, e) if m == 0 else _outputs(1, (x.shape[0], ho, wo), o)
     wpc_t = np.ascontiguousarray(np.asarray(wpc, np.int64).T)
     x = np.ascontiguousarray(x)

@@ -67,6 +67,10 @@ def make_epilogue(steps, channels, residual=None, store=True, pack=False) -> Epi
     return Epilogue(codes, mul, add, res, bool(store), bool(pack))
 
 
+# no element-wise ops, the float result stored: its arrays are never indexed, so one serves any width
+STORE = make_epilogue([], 1)
+
+
 def outputs(lead: tuple, channels: int, e: Epilogue) -> tuple[np.ndarray, np.ndarray]:
     """The (float, bits) output buffers an epilogue writes; the one it does not write is tiny."""
     out_f = np.empty(lead + (channels,), np.float32) if e.store else _NO_F
@@ -110,9 +114,19 @@ def epilogue(y, n_out, codes, p_mul, p_add, res, n, oh, ow, store, out_f, pack, 
             out_b[n, oh, ow, q] = word
 
 
-def scratch_size(channels: int, pack: bool) -> int:
-    """Length of a pixel's scratch vector: whole 64-bit words when packing (zeros past the end)."""
-    return -(-channels // 64) * 64 if pack else channels
+@njit(cache=True, inline="always")
+def scratch_size(channels, pack):
+    """Length of a pixel's scratch vector for ``epilogue``: whole 64-bit words when packing (the
+    zeros past ``channels`` are the padding bits), else ``channels``."""
+    return (channels + 63) // 64 * 64 if pack else channels
+
+
+@njit(cache=True, inline="always")
+def window(o, stride, pad, k, size):
+    """[start, stop) of the input rows (or columns) pooling window ``o`` covers, clipped to the
+    input: padding and ceil_mode's overhang are never read."""
+    start = o * stride - pad
+    return max(start, 0), min(start + k, size)
 
 
 @njit(parallel=True, cache=True)
@@ -152,7 +166,7 @@ def _finish_rows(y, start, stop, ho, wo, codes, p_mul, p_add, res, store, out_f,
     """The epilogue over rows [start, stop) of the output pixels, whose values are ``y[:stop-start]``;
     threads over blocks of 64 rows, each with one scratch vector."""
     n_out = y.shape[1]
-    size = (n_out + 63) // 64 * 64 if pack else n_out
+    size = scratch_size(n_out, pack)
     for blk in prange((stop - start + 63) // 64):
         v = np.zeros(size, np.float32)
         for r in range(blk * 64, min(stop - start, blk * 64 + 64)):
@@ -170,7 +184,7 @@ def _depthwise(
     """Depthwise conv (channel c reads only channel c; ``wmat`` (kh*kw, C)), the innermost loop
     over channels, then the epilogue; threads over output rows."""
     h, wid, c = x.shape[1], x.shape[2], x.shape[3]
-    size = (c + 63) // 64 * 64 if pack else c
+    size = scratch_size(c, pack)
     for row in prange(x.shape[0] * ho):
         n = row // ho
         oh = row % ho
@@ -223,7 +237,7 @@ def _grouped(
     n_out = wmat.shape[1]
     cg = x.shape[3] // groups
     og = n_out // groups
-    size = (n_out + 63) // 64 * 64 if pack else n_out
+    size = scratch_size(n_out, pack)
     for row in prange(x.shape[0] * ho):
         n = row // ho
         oh = row % ho
@@ -254,7 +268,7 @@ def conv2d(x, wmat, bias, kernel, stride, dilation, pads, pad_value, groups=1, p
     the result is (float output or None, packed bits or None)."""
     if post is not None and bias is not None:
         raise ValueError("conv2d: give the bias inside post (its first AFFINE step) or as bias, not both")
-    e = post if post is not None else make_epilogue([] if bias is None else [(AFFINE, None, bias)], wmat.shape[1])
+    e = post if post is not None else STORE if bias is None else make_epilogue([(AFFINE, None, bias)], wmat.shape[1])
     n, h, wid, c = x.shape
     kh, kw = kernel
     (pt, pb), (pl, pr) = pads
@@ -302,11 +316,9 @@ def _maxpool(x, kh, kw, sh, sw, pt, pl, ho, wo, out):
     for row in prange(n_img * ho):
         n = row // ho
         oh = row % ho
-        r0 = max(oh * sh - pt, 0)
-        r1 = min(oh * sh - pt + kh, h)
+        r0, r1 = window(oh, sh, pt, kh, h)
         for ow in range(wo):
-            c0 = max(ow * sw - pl, 0)
-            c1 = min(ow * sw - pl + kw, wid)
+            c0, c1 = window(ow, sw, pl, kw, wid)
             for o in range(c):
                 out[n, oh, ow, o] = -np.inf
             for i in range(r0, r1):
